@@ -339,7 +339,7 @@ class CIFARDataModule(L.LightningDataModule):
             shuffle=train,
             drop_last=train,
             num_workers=self.hparams.num_workers,
-            pin_memory=True,
+            pin_memory=torch.cuda.is_available(),
             persistent_workers=self.hparams.num_workers > 0,
         )
 

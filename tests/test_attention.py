@@ -1,0 +1,157 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resattn import AttentionModule, normalize_mask
+from resattn.attention import CHANNEL_EPS, SPATIAL_EPS, HourglassMask, LocalConvMask, SoftMaskBranch
+from resattn.layers import ResidualUnit
+
+
+@pytest.fixture
+def logits():
+    return torch.randn(4, 8, 7, 5) * 3  # |x| < 16: float32 sigmoid rounds to 1.0 beyond ~17
+
+
+def test_f1_mixed_is_a_sigmoid_in_open_unit_interval(logits):
+    m = normalize_mask(logits, "mixed")
+    assert torch.equal(m, torch.sigmoid(logits))
+    assert (m > 0).all() and (m < 1).all()
+
+
+def test_f2_channel_has_unit_l2_norm_across_channels(logits):
+    m = normalize_mask(logits, "channel")
+    norms = m.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6)
+    assert (m < 0).any()  # no sigmoid: negative values, so 1 + M in [0, 2]
+    assert ((1 + m) >= 0).all() and ((1 + m) <= 2).all()
+    zero = normalize_mask(torch.zeros(1, 3, 2, 2), "channel")
+    assert torch.isfinite(zero).all() and CHANNEL_EPS > 0
+
+
+def test_f3_spatial_is_sigmoid_of_per_sample_per_channel_standardised_logits(logits):
+    m = normalize_mask(logits, "spatial")
+    mean = logits.mean(dim=(2, 3), keepdim=True)
+    var = logits.var(dim=(2, 3), unbiased=False, keepdim=True)
+    expected = torch.sigmoid((logits - mean) / torch.sqrt(var + SPATIAL_EPS))
+    assert torch.allclose(m, expected, atol=1e-5)
+    # per sample: changing another sample does not change this one
+    other = logits.clone()
+    other[1:] += 100
+    assert torch.allclose(normalize_mask(other, "spatial")[0], m[0])
+
+
+def test_normalize_mask_rejects_unknown_kind_and_bad_shape(logits):
+    with pytest.raises(ValueError, match="'mixed', 'channel', 'spatial'"):
+        normalize_mask(logits, "softmax")
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        normalize_mask(logits[0], "mixed")
+
+
+def _identity_units(module: nn.Module) -> nn.Module:
+    """Replace every residual unit inside ``module`` by the identity."""
+    for name, child in module.named_children():
+        if isinstance(child, ResidualUnit):
+            setattr(module, name, nn.Identity())
+        else:
+            _identity_units(child)
+    return module
+
+
+def up(x, like):
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def pool(x):
+    return F.max_pool2d(x, 3, 2, 1)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 31), (17, 9)])
+def test_hourglass_adds_only_the_upsampled_map_and_the_skip_unit(size):
+    """With every residual unit the identity, the body must be exactly the paper's equation:
+    nothing but upsample(deeper) + skip is summed (no down-path feature, no trunk output)."""
+    body = _identity_units(HourglassMask(channels=4, pools=3, r=1))
+    x = torch.randn(2, 4, *size)
+    d1 = pool(x)
+    d2 = pool(d1)
+    d3 = pool(d2)
+    expected = up(up(up(d3, d2) + d2, d1) + d1, x)
+    assert torch.allclose(body(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("pools, units", [(3, 8), (2, 5), (1, 2)])
+def test_hourglass_unit_counts_match_the_caffe_layout(pools, units):
+    body = HourglassMask(channels=8, pools=pools, r=1)
+    assert sum(isinstance(m, ResidualUnit) for m in body.modules()) == units
+    assert len(body.skips) == pools - 1
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 31), (5, 7)])
+def test_mask_output_matches_trunk_shape_at_odd_sizes(size):
+    for structure in ("hourglass", "local_conv"):
+        mask = SoftMaskBranch(8, structure, "mixed", pools=3, r=1)
+        x = torch.randn(2, 8, *size)
+        assert mask(x).shape == x.shape
+
+
+def test_local_conv_mask_is_three_full_resolution_units():
+    body = LocalConvMask(8, pools=3, r=1)
+    assert sum(isinstance(m, ResidualUnit) for m in body.modules()) == 3
+    x = torch.randn(1, 8, 9, 9)
+    assert body(x).shape == x.shape
+
+
+def _capture(module: AttentionModule, mask_value: float | None, x: torch.Tensor):
+    """Trunk output and the tensor fed to the post-processing units (H), with the mask forced."""
+    seen = {}
+    hooks = [
+        module.trunk.register_forward_hook(lambda m, i, o: seen.__setitem__("trunk", o.clone())),
+        module.post.register_forward_pre_hook(lambda m, i: seen.__setitem__("h", i[0].clone())),
+    ]
+    if mask_value is not None:
+        hooks.append(module.mask.register_forward_hook(lambda m, i, o: torch.full_like(o, mask_value)))
+    module(x)
+    for h in hooks:
+        h.remove()
+    return seen["trunk"], seen["h"]
+
+
+@pytest.mark.parametrize("rule, value", [("arl", 0.0), ("nal", 1.0)])
+def test_neutral_mask_returns_the_trunk_exactly(rule, value):
+    module = AttentionModule(8, attention_learning=rule, pools=2).eval()
+    trunk, h = _capture(module, value, torch.randn(2, 8, 16, 16))
+    assert torch.equal(trunk, h)
+
+
+def test_arl_and_nal_follow_equations_1_and_3():
+    x = torch.randn(2, 8, 16, 16)
+    for rule, combine in (("arl", lambda m, t: (1 + m) * t), ("nal", lambda m, t: m * t)):
+        module = AttentionModule(8, attention_learning=rule, pools=2).eval()
+        mask_out = {}
+        module.mask.register_forward_hook(lambda m, i, o: mask_out.__setitem__("m", o))
+        trunk, h = _capture(module, None, x)
+        assert torch.allclose(h, combine(mask_out["m"], trunk))
+
+
+def test_no_attention_module_has_no_mask_and_passes_the_trunk():
+    module = AttentionModule(8, attention_learning="none").eval()
+    assert module.mask is None
+    trunk, h = _capture(module, None, torch.randn(1, 8, 8, 8))
+    assert torch.equal(trunk, h)
+
+
+@pytest.mark.parametrize("p, t, r", [(1, 2, 1), (2, 4, 3), (0, 1, 2)])
+def test_module_unit_counts_follow_p_t_r(p, t, r):
+    module = AttentionModule(8, pools=3, p=p, t=t, r=r)
+    assert len(module.pre) == len(module.post) == p and len(module.trunk) == t
+    assert len(module.mask.body.bottom) == 2 * r
+
+
+@pytest.mark.parametrize("rule, structure, norm", list(itertools.product(["arl", "nal"], ["hourglass", "local_conv"],
+                                                                        ["mixed", "channel", "spatial"])))
+def test_module_keeps_shape(rule, structure, norm):
+    module = AttentionModule(8, rule, structure, norm, pools=2)
+    x = torch.randn(2, 8, 15, 15)
+    assert module(x).shape == x.shape

@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from resattn.cli import cli_main
+from resattn.config import PRESETS
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "resattn", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("family, depth", [k for k, v in PRESETS.items() if v.paper_params and k[1] != 452])
+def test_summary_reproduces_the_paper_counts(family, depth):
+    classes = "10" if family == "cifar" else "1000"
+    out = _run("summary", "--depth", str(depth), "--family", family, "--num_classes", classes)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    paper = result["paper_params_millions"] * 1e6
+    assert abs(result["params"] - paper) / paper < 0.04
+    assert result["flops"] == 2 * result["macs"] > 0
+
+
+def test_summary_resnet_164_and_bad_flag():
+    result = json.loads(_run("summary", "--depth", "164", "--attention_learning", "none").stdout)
+    assert result["name"] == "ResNet-164" and abs(result["params"] / 1.7e6 - 1) < 0.04
+    bad = _run("summary", "--normalization", "softmax")
+    assert bad.returncode != 0 and "mixed" in bad.stderr and "spatial" in bad.stderr
+
+
+def test_fit_flag_validation():
+    bad = _run("fit", "--model.attention_learning", "residual")
+    assert bad.returncode != 0 and "arl" in bad.stderr and "nal" in bad.stderr
+
+
+def test_fit_cli_saves_the_resolved_config(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  width: 0.125\n  probes: false\n")
+    cli_main([
+        "fit", "--config", str(tmp_path / "base.yaml"),
+        "--model.attention_learning", "nal", "--model.mask_structure", "local_conv",
+        "--data.dataset", "synthetic", "--data.synthetic_size", "[64, 32]", "--data.batch_size", "16",
+        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+    ])
+    saved = list(tmp_path.rglob("config.yaml"))
+    assert saved
+    config = yaml.safe_load(saved[0].read_text())
+    assert config["model"]["attention_learning"] == "nal" and config["model"]["mask_structure"] == "local_conv"
+    assert config["model"]["width"] == 0.125 and config["data"]["dataset"] == "synthetic"

@@ -1,0 +1,161 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resattn.data import (
+    CIFARDataModule,
+    TensorBatches,
+    add_label_noise,
+    augment,
+    load_cifar,
+    make_synthetic,
+    normalize,
+)
+from tests.conftest import write_cifar
+
+
+@pytest.mark.parametrize("dataset, classes", [("cifar10", 10), ("cifar100", 100)])
+def test_loads_an_existing_cifar_folder_without_md5(tmp_path, dataset, classes):
+    folder = write_cifar(tmp_path, dataset, n_train=150, n_test=40)
+    for root in (tmp_path, folder):  # the parent, or the folder itself
+        x, y = load_cifar(root, dataset, train=True)
+        assert x.shape == (150, 3, 32, 32) and x.dtype == torch.uint8
+        assert y.dtype == torch.int64 and 0 <= y.min() and y.max() < classes
+    x, y = load_cifar(tmp_path, dataset, train=False)
+    assert x.shape == (40, 3, 32, 32)
+
+
+def test_missing_cifar_says_where_it_looked_and_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_cifar(tmp_path / "nowhere", "cifar10", train=True)
+    msg = str(err.value)
+    assert "cifar-10-batches-py" in msg and "nowhere" in msg
+    assert "--data.download true" in msg and "https://www.cs.toronto.edu" in msg
+
+
+def test_corrupt_batch_file_is_named(tmp_path):
+    folder = write_cifar(tmp_path)
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="data_batch_3"):
+        load_cifar(tmp_path, "cifar10", train=True)
+
+
+def _brute_force_match(out, img, mean, pad=4):
+    """Does ``out`` equal some pad-crop(-flip) of the mean-subtracted ``img``?"""
+    padded = F.pad((img.float() - mean) / 255, (pad,) * 4)
+    h, w = img.shape[-2:]
+    for dy, dx, flip in itertools.product(range(2 * pad + 1), range(2 * pad + 1), (False, True)):
+        crop = padded[:, dy:dy + h, dx:dx + w]
+        if flip:
+            crop = crop.flip(-1)
+        if torch.allclose(crop, out, atol=1e-6):
+            return True
+    return False
+
+
+def test_augmentation_is_a_valid_pad_crop_flip_with_mean_subtraction():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    mean = images.float().mean(0)
+    out = augment(images, mean, torch.Generator().manual_seed(0))
+    assert out.shape == (16, 3, 32, 32) and out.dtype == torch.float32
+    assert all(_brute_force_match(out[i], images[i], mean) for i in range(16))
+    # the same image drawn 200 times: many distinct crops, and both orientations
+    many = augment(images[:1].repeat(200, 1, 1, 1), mean, torch.Generator().manual_seed(1))
+    assert len({tuple(v.tolist()) for v in many.flatten(1)[:, ::7]}) > 60
+    assert len({tuple(v.tolist()) for v in many.flatten(1)[:, ::7]}) < 163  # 81 offsets x 2 flips
+
+
+def _batches(seed, epoch):
+    x, y = make_synthetic(300, seed=3)
+    return TensorBatches(x, y, x.float().mean(0), 64, train=True, seed=seed, epoch=lambda: epoch)
+
+
+def test_seeded_epochs_repeat_and_differ():
+    a = list(_batches(0, 0))
+    b = list(_batches(0, 0))
+    c = list(_batches(0, 1))
+    assert len(a) == 4 == len(_batches(0, 0))  # drop_last: 300 // 64
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])
+
+
+def test_eval_batches_cover_every_image_once_in_order():
+    x, y = make_synthetic(130, seed=3)
+    batches = TensorBatches(x, y, x.float().mean(0), 50, train=False)
+    assert len(batches) == 3
+    assert torch.equal(torch.cat([b[1] for b in batches]), y)
+
+
+def test_sharding_splits_the_epoch_between_ranks():
+    x, y = make_synthetic(256, seed=3)
+    ranks = [TensorBatches(torch.arange(256).view(256, 1, 1, 1).expand(256, 3, 2, 2).to(torch.uint8), y,
+                           torch.zeros(3, 2, 2), 32, train=False, rank=r, world_size=2) for r in (0, 1)]
+    seen = [torch.cat([b[1] for b in rb]) for rb in ranks]
+    assert len(seen[0]) == len(seen[1]) == 128
+
+
+@pytest.mark.parametrize("noise", [0.1, 0.3, 0.5, 0.7])
+def test_label_noise_follows_the_q_matrix(noise):
+    labels = torch.arange(10).repeat(5000)
+    noisy, rate = add_label_noise(labels, noise, 10, seed=0)
+    assert rate == pytest.approx(noise, abs=0.01)
+    changed = noisy[noisy != labels]
+    counts = torch.bincount((changed - labels[noisy != labels]) % 10, minlength=10)
+    assert counts[0] == 0  # a changed label is another class ...
+    assert (counts[1:].float() / counts[1:].sum() - 1 / 9).abs().max() < 0.02  # ... uniformly
+    again, _ = add_label_noise(labels, noise, 10, seed=0)
+    assert torch.equal(noisy, again)
+
+
+def test_label_noise_rejects_bad_levels():
+    with pytest.raises(ValueError, match="1 - r"):
+        add_label_noise(torch.zeros(3, dtype=torch.long), 1.0, 10, 0)
+
+
+def test_synthetic_is_deterministic_and_has_one_pattern_per_class():
+    x1, y1 = make_synthetic(200, seed=5)
+    x2, y2 = make_synthetic(200, seed=5)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.dtype == torch.uint8 and set(y1.tolist()) == set(range(10))
+    assert not torch.equal(make_synthetic(200, seed=6)[0], x1)
+
+
+def test_datamodule_splits_subsets_noise_and_mean(cifar10_dir):
+    dm = CIFARDataModule(data_dir=str(cifar10_dir), train_size=120, val_size=50, label_noise=0.3, batch_size=16)
+    dm.setup("fit")
+    x, y = dm._splits["train"]
+    assert x.shape[0] == 120 and dm._splits["val"][0].shape[0] == 50 and dm._splits["test"][0].shape[0] == 100
+    assert torch.allclose(dm.mean, x.float().mean(0))
+    assert 0.1 < dm.noise_rate < 0.5
+    assert dm.num_classes == 10 and len(dm.train_dataloader()) == 120 // 16
+    xb, yb = next(iter(dm.val_dataloader()))
+    assert xb.dtype == torch.float32 and xb.shape[1:] == (3, 32, 32)
+
+
+def test_datamodule_validates_on_test_split_by_default(cifar10_dir):
+    dm = CIFARDataModule(data_dir=str(cifar10_dir))
+    dm.setup("fit")
+    assert dm._splits["val"][0].data_ptr() == dm._splits["test"][0].data_ptr()
+
+
+def test_datamodule_rejects_unknown_dataset():
+    with pytest.raises(ValueError, match="'cifar10', 'cifar100', 'synthetic', 'imagefolder'"):
+        CIFARDataModule(dataset="mnist")
+
+
+def test_imagefolder_path_uses_torchvision(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (64, 48), (i * 100, 50, 200)).save(tmp_path / split / cls / f"{i}.png")
+    dm = CIFARDataModule(dataset="imagefolder", data_dir=str(tmp_path), batch_size=2, eval_batch_size=2,
+                         num_workers=0)
+    dm.setup("fit")
+    assert dm.num_classes == 2
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (2, 3, 224, 224)

@@ -1,0 +1,73 @@
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from resattn.data import CIFARDataModule
+from resattn.module import ResidualAttentionClassifier
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                    default_root_dir=tmp_path, deterministic=True)
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+class LrRecorder(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_optimizer_and_step_schedule(tmp_path):
+    model = ResidualAttentionClassifier(width=0.125, probes=False)
+    data = CIFARDataModule(dataset="synthetic", synthetic_size=(160, 32), batch_size=16)
+    recorder = LrRecorder()
+    _trainer(tmp_path, max_epochs=2, callbacks=[recorder], limit_val_batches=0).fit(model, data)
+    opt = model.trainer.optimizers[0]
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.SGD) and group["nesterov"] and group["momentum"] == 0.9
+    assert group["weight_decay"] == 1e-4
+    # 20 steps: divided by 10 at 40% (step 8) and 60% (step 12), like 64k and 96k of 160k
+    assert recorder.lrs == pytest.approx([0.1] * 8 + [0.01] * 4 + [0.001] * 8)
+
+
+def test_rejects_bad_milestones():
+    with pytest.raises(ValueError, match="lr_milestones"):
+        ResidualAttentionClassifier(lr_milestones=(0.6, 0.4))
+
+
+@pytest.mark.slow
+def test_fit_on_synthetic_data_ends_well_above_chance(tmp_path):
+    L.seed_everything(0)
+    model = ResidualAttentionClassifier(width=0.25, lr_milestones=(0.7, 0.9))
+    data = CIFARDataModule(dataset="synthetic", synthetic_size=(2000, 500), batch_size=64)
+    trainer = _trainer(tmp_path, max_epochs=8)
+    trainer.fit(model, data)
+    metrics = trainer.callback_metrics
+    assert metrics["probe/stage1_rel"] == 1.0 and 0 < metrics["probe/stage3_rel"]
+    assert 0 <= metrics["probe/s1m1_low"] <= 1 and 0 < metrics["probe/s2m1_mean"] < 1
+    assert model.probe_results["stage2_rel"] == pytest.approx(metrics["probe/stage2_rel"].item())
+    result = trainer.test(model, data, verbose=False)[0]
+    assert result["test/acc1"] > 0.5  # chance is 0.1
+    assert result["test/err1"] == pytest.approx(1 - result["test/acc1"])
+
+
+@pytest.mark.slow
+def test_fit_on_cifar_files_reports_the_final_weights(tmp_path, cifar10_dir):
+    L.seed_everything(0)
+    model = ResidualAttentionClassifier(width=0.125, attention_learning="nal", normalization="spatial")
+    data = CIFARDataModule(data_dir=str(cifar10_dir), batch_size=20, label_noise=0.1)
+    trainer = _trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, data)
+    reported = trainer.test(model, data, verbose=False)[0]["test/acc1"]
+    model.eval()
+    x, y = data._splits["test"]
+    with torch.no_grad():
+        direct = (model(data._batches("test").__iter__().__next__()[0]).argmax(1) == y).float().mean().item()
+    assert reported == pytest.approx(direct)
+    assert data.noise_rate is not None and 0 < data.noise_rate < 0.3
+    assert all(torch.isfinite(p).all() for p in model.parameters())

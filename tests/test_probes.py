@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from resattn import ModelConfig, build_model
+from resattn.probes import HIGH, LOW, ResponseProbe, mask_names
+
+
+@pytest.mark.parametrize("learning", ["arl", "nal", "none"])
+def test_probe_matches_a_direct_computation(learning):
+    net = build_model(ModelConfig(depth=92, attention_learning=learning, width=0.125)).eval()
+    batches = [torch.randn(3, 3, 32, 32), torch.randn(5, 3, 32, 32)]
+    outputs, masks = {}, {}
+    hooks = [s.register_forward_hook(lambda m, i, o, k=k: outputs.setdefault(k, []).append(o))
+             for k, s in enumerate(net.stages, 1)]
+    hooks += [m.register_forward_hook(lambda mod, i, o, k=k: masks.setdefault(k, []).append(o))
+              for k, m in mask_names(net).items()]
+    probe = ResponseProbe().attach(net)
+    with torch.no_grad():
+        for x in batches:
+            net(x)
+    result = probe.compute()
+    for h in hooks:
+        h.remove()
+
+    per_image = {k: torch.cat([o.abs().mean((1, 2, 3)) for o in v]) for k, v in outputs.items()}
+    for k, v in per_image.items():
+        assert result[f"stage{k}_mean_abs"] == pytest.approx(v.mean().item(), rel=1e-5)
+        assert result[f"stage{k}_rel"] == pytest.approx(v.mean().item() / per_image[1].mean().item(), rel=1e-5)
+    assert result["stage1_rel"] == 1.0
+    assert len([k for k in result if k.endswith("_mean") and k.startswith("s")]) == (6 if learning != "none" else 0)
+    for name, outs in masks.items():
+        values = torch.cat([o.flatten() for o in outs])
+        assert result[f"{name}_mean"] == pytest.approx(values.mean().item(), abs=1e-5)
+        assert result[f"{name}_std"] == pytest.approx(values.std(unbiased=False).item(), abs=1e-4)
+        assert result[f"{name}_low"] == pytest.approx((values < LOW).float().mean().item(), abs=1e-6)
+        assert result[f"{name}_high"] == pytest.approx((values > HIGH).float().mean().item(), abs=1e-6)
+
+
+def test_probe_detaches_its_hooks():
+    net = build_model(ModelConfig(depth=56, width=0.125))
+    probe = ResponseProbe().attach(net)
+    net(torch.randn(2, 3, 32, 32))
+    probe.compute()
+    assert all(not s._forward_hooks for s in net.stages)
+    assert ResponseProbe().compute() == {}
+
+
+def test_mask_names_are_stage_and_module():
+    net = build_model(ModelConfig(depth=92, width=0.125))
+    assert list(mask_names(net)) == ["s1m1", "s1m2", "s2m1", "s2m2", "s3m1", "s3m2"]
