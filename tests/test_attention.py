@@ -130,7 +130,7 @@ def test_arl_and_nal_follow_equations_1_and_3():
     for rule, combine in (("arl", lambda m, t: (1 + m) * t), ("nal", lambda m, t: m * t)):
         module = AttentionModule(8, attention_learning=rule, pools=2).eval()
         mask_out = {}
-        module.mask.register_forward_hook(lambda m, i, o: mask_out.__setitem__("m", o))
+        module.mask.register_forward_hook(lambda m, i, o, seen=mask_out: seen.__setitem__("m", o))
         trunk, h = _capture(module, None, x)
         assert torch.allclose(h, combine(mask_out["m"], trunk))
 

@@ -1,7 +1,7 @@
 import pytest
 
 from resattn import ModelConfig, build_model
-from resattn.config import PRESETS, ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS
+from resattn.config import ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS, PRESETS
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ from resattn.data import (
     augment,
     load_cifar,
     make_synthetic,
-    normalize,
 )
 from tests.conftest import write_cifar
 
