@@ -110,7 +110,7 @@ def make_synthetic(n: int, num_classes: int = 10, seed: int = 0, size: int = 32)
     labels = rng.integers(0, num_classes, n)
     ys, xs = rng.integers(0, size - 8 + 1, n), rng.integers(0, size - 8 + 1, n)
     for i in range(n):  # once, at generation time
-        images[i, :, ys[i]:ys[i] + 8, xs[i]:xs[i] + 8] = patterns[labels[i]]
+        images[i, :, ys[i] : ys[i] + 8, xs[i] : xs[i] + 8] = patterns[labels[i]]
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -328,8 +328,11 @@ class CIFARDataModule(L.LightningDataModule):
         from torchvision.transforms import v2
 
         train = split == "train"
-        norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+        norm = [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
         crop = [v2.RandomResizedCrop(224), v2.RandomHorizontalFlip()] if train else [v2.Resize(256), v2.CenterCrop(224)]
         folder = Path(self.hparams.data_dir) / ("train" if train else "val")
         data = torchvision.datasets.ImageFolder(str(folder), transform=v2.Compose(crop + norm))

@@ -33,7 +33,10 @@ class ResidualAttentionClassifier(L.LightningModule):
             ``lr_gamma``.
         lr_gamma: the factor of each decay.
         probes: log the Fig. 4 response probe and mask statistics after each validation epoch.
-        channels_last: run the network in channels_last memory format.
+        channels_last: run the network in channels_last memory format (measured faster on this
+            project's CPU machine: 81 vs 53 img/s for Attention-56, see README "Performance").
+        compile: ``torch.compile`` the network (in place; checkpoints keep their keys). Its
+            compilation happens in the first steps.
     """
 
     def __init__(
@@ -55,7 +58,8 @@ class ResidualAttentionClassifier(L.LightningModule):
         lr_milestones: tuple[float, ...] = (0.4, 0.6),
         lr_gamma: float = 0.1,
         probes: bool = True,
-        channels_last: bool = False,
+        channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -76,6 +80,8 @@ class ResidualAttentionClassifier(L.LightningModule):
         self.net = build_model(self.config)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()
         top5 = min(5, num_classes)
         metrics = MetricCollection(
             {

@@ -70,12 +70,14 @@ class ResidualAttentionNetwork(nn.Module):
             in_ch = out_ch
         if config.family == "imagenet":
             out_ch = scaled(IMAGENET_LAST, w)
-            stages.append(nn.Sequential(ResidualUnit(in_ch, out_ch, 2), ResidualUnit(out_ch, out_ch),
-                                        ResidualUnit(out_ch, out_ch)))
+            stages.append(
+                nn.Sequential(
+                    ResidualUnit(in_ch, out_ch, 2), ResidualUnit(out_ch, out_ch), ResidualUnit(out_ch, out_ch)
+                )
+            )
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
-        self.final = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-                                   nn.Flatten())
+        self.final = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(in_ch, config.num_classes)
         self.reset_parameters()
 

@@ -48,6 +48,7 @@ class ResponseProbe:
         def hook(module, inputs, output):
             self._add(f"stage{i}_abs", output.abs().mean((1, 2, 3)).sum())
             self._add(f"stage{i}_n", torch.tensor(output.shape[0], device=output.device))
+
         return hook
 
     def _mask_hook(self, name: str):
@@ -58,6 +59,7 @@ class ResponseProbe:
             self._add(f"{name}_low", (out < LOW).sum())
             self._add(f"{name}_high", (out > HIGH).sum())
             self._add(f"{name}_n", torch.tensor(out.numel(), device=out.device))
+
         return hook
 
     def attach(self, net: ResidualAttentionNetwork) -> ResponseProbe:
@@ -94,3 +96,20 @@ class ResponseProbe:
             out[f"{name}_low"] = sums[f"{name}_low"] / n
             out[f"{name}_high"] = sums[f"{name}_high"] / n
         return out
+
+
+@torch.no_grad()
+def mask_maps(net: ResidualAttentionNetwork, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each soft mask's output for the batch ``x``, averaged over channels: name -> (N, H, W)."""
+    maps, handles = {}, []
+    for name, mask in mask_names(net).items():
+        handles.append(mask.register_forward_hook(lambda m, i, o, name=name: maps.__setitem__(name, o.mean(1))))
+    was_training = net.training
+    net.eval()
+    try:
+        net(x)
+    finally:
+        net.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {k: v.float().cpu() for k, v in maps.items()}

@@ -149,8 +149,10 @@ def test_module_unit_counts_follow_p_t_r(p, t, r):
     assert len(module.mask.body.bottom) == 2 * r
 
 
-@pytest.mark.parametrize("rule, structure, norm", list(itertools.product(["arl", "nal"], ["hourglass", "local_conv"],
-                                                                        ["mixed", "channel", "spatial"])))
+@pytest.mark.parametrize(
+    "rule, structure, norm",
+    list(itertools.product(["arl", "nal"], ["hourglass", "local_conv"], ["mixed", "channel", "spatial"])),
+)
 def test_module_keeps_shape(rule, structure, norm):
     module = AttentionModule(8, rule, structure, norm, pools=2)
     x = torch.randn(2, 8, 15, 15)

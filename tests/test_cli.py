@@ -38,13 +38,31 @@ def test_fit_flag_validation():
 
 def test_fit_cli_saves_the_resolved_config(tmp_path):
     (tmp_path / "base.yaml").write_text("model:\n  width: 0.125\n  probes: false\n")
-    cli_main([
-        "fit", "--config", str(tmp_path / "base.yaml"),
-        "--model.attention_learning", "nal", "--model.mask_structure", "local_conv",
-        "--data.dataset", "synthetic", "--data.synthetic_size", "[64, 32]", "--data.batch_size", "16",
-        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(tmp_path),
-    ])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(tmp_path / "base.yaml"),
+            "--model.attention_learning",
+            "nal",
+            "--model.mask_structure",
+            "local_conv",
+            "--data.dataset",
+            "synthetic",
+            "--data.synthetic_size",
+            "[64, 32]",
+            "--data.batch_size",
+            "16",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     saved = list(tmp_path.rglob("config.yaml"))
     assert saved
     config = yaml.safe_load(saved[0].read_text())

@@ -44,12 +44,12 @@ def _count(net) -> int:
 
 @pytest.mark.parametrize(
     "family, depth, learning",
-    [(f, d, "arl") for (f, d), pre in PRESETS.items() if pre.paper_params and d != 452]
-    + [("cifar", 164, "none")],
+    [(f, d, "arl") for (f, d), pre in PRESETS.items() if pre.paper_params and d != 452] + [("cifar", 164, "none")],
 )
 def test_parameter_counts_match_the_paper(family, depth, learning):
-    cfg = ModelConfig(depth=depth, family=family, attention_learning=learning,
-                      num_classes=10 if family == "cifar" else 1000)
+    cfg = ModelConfig(
+        depth=depth, family=family, attention_learning=learning, num_classes=10 if family == "cifar" else 1000
+    )
     paper = cfg.paper_params * 1e6
     assert abs(_count(build_model(cfg)) - paper) / paper < 0.04
 

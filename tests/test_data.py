@@ -46,7 +46,7 @@ def _brute_force_match(out, img, mean, pad=4):
     padded = F.pad((img.float() - mean) / 255, (pad,) * 4)
     h, w = img.shape[-2:]
     for dy, dx, flip in itertools.product(range(2 * pad + 1), range(2 * pad + 1), (False, True)):
-        crop = padded[:, dy:dy + h, dx:dx + w]
+        crop = padded[:, dy : dy + h, dx : dx + w]
         if flip:
             crop = crop.flip(-1)
         if torch.allclose(crop, out, atol=1e-6):
@@ -89,8 +89,18 @@ def test_eval_batches_cover_every_image_once_in_order():
 
 def test_sharding_splits_the_epoch_between_ranks():
     x, y = make_synthetic(256, seed=3)
-    ranks = [TensorBatches(torch.arange(256).view(256, 1, 1, 1).expand(256, 3, 2, 2).to(torch.uint8), y,
-                           torch.zeros(3, 2, 2), 32, train=False, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [
+        TensorBatches(
+            torch.arange(256).view(256, 1, 1, 1).expand(256, 3, 2, 2).to(torch.uint8),
+            y,
+            torch.zeros(3, 2, 2),
+            32,
+            train=False,
+            rank=r,
+            world_size=2,
+        )
+        for r in (0, 1)
+    ]
     seen = [torch.cat([b[1] for b in rb]) for rb in ranks]
     assert len(seen[0]) == len(seen[1]) == 128
 
@@ -152,8 +162,7 @@ def test_imagefolder_path_uses_torchvision(tmp_path):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(2):
                 Image.new("RGB", (64, 48), (i * 100, 50, 200)).save(tmp_path / split / cls / f"{i}.png")
-    dm = CIFARDataModule(dataset="imagefolder", data_dir=str(tmp_path), batch_size=2, eval_batch_size=2,
-                         num_workers=0)
+    dm = CIFARDataModule(dataset="imagefolder", data_dir=str(tmp_path), batch_size=2, eval_batch_size=2, num_workers=0)
     dm.setup("fit")
     assert dm.num_classes == 2
     x, y = next(iter(dm.train_dataloader()))

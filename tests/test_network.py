@@ -7,8 +7,7 @@ import torch
 from resattn import ModelConfig, build_model
 from resattn.config import PRESETS
 
-SWITCHES = list(itertools.product(["arl", "nal", "none"], ["hourglass", "local_conv"],
-                                  ["mixed", "channel", "spatial"]))
+SWITCHES = list(itertools.product(["arl", "nal", "none"], ["hourglass", "local_conv"], ["mixed", "channel", "spatial"]))
 
 
 @pytest.mark.parametrize("family, depth", [k for k in PRESETS if k[0] == "cifar"])
@@ -21,8 +20,10 @@ def test_cifar_shapes(family, depth):
 def test_imagenet_shapes_and_7x7_smallest_mask(depth):
     net = build_model(ModelConfig(depth=depth, family="imagenet", width=0.0625, num_classes=1000)).eval()
     sizes = []
-    hooks = [m.mask.body.bottom.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
-             for _, m in net.attention_modules()]
+    hooks = [
+        m.mask.body.bottom.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+        for _, m in net.attention_modules()
+    ]
     assert net(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
     assert set(sizes) == {7}
     for h in hooks:
@@ -45,8 +46,9 @@ def test_odd_input_size():
 
 @pytest.mark.parametrize("learning, structure, norm", SWITCHES)
 def test_no_module_is_used_twice_and_every_parameter_gets_a_gradient(learning, structure, norm):
-    net = build_model(ModelConfig(depth=56, attention_learning=learning, mask_structure=structure,
-                                  normalization=norm, width=0.125))
+    net = build_model(
+        ModelConfig(depth=56, attention_learning=learning, mask_structure=structure, normalization=norm, width=0.125)
+    )
     calls = Counter()
     leaves = [m for m in net.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(lambda m, i, o: calls.update([id(m)])) for m in leaves]

@@ -10,10 +10,14 @@ def test_probe_matches_a_direct_computation(learning):
     net = build_model(ModelConfig(depth=92, attention_learning=learning, width=0.125)).eval()
     batches = [torch.randn(3, 3, 32, 32), torch.randn(5, 3, 32, 32)]
     outputs, masks = {}, {}
-    hooks = [s.register_forward_hook(lambda m, i, o, k=k: outputs.setdefault(k, []).append(o))
-             for k, s in enumerate(net.stages, 1)]
-    hooks += [m.register_forward_hook(lambda mod, i, o, k=k: masks.setdefault(k, []).append(o))
-              for k, m in mask_names(net).items()]
+    hooks = [
+        s.register_forward_hook(lambda m, i, o, k=k: outputs.setdefault(k, []).append(o))
+        for k, s in enumerate(net.stages, 1)
+    ]
+    hooks += [
+        m.register_forward_hook(lambda mod, i, o, k=k: masks.setdefault(k, []).append(o))
+        for k, m in mask_names(net).items()
+    ]
     probe = ResponseProbe().attach(net)
     with torch.no_grad():
         for x in batches:

@@ -1,0 +1,222 @@
+"""Training throughput of the Residual Attention Network, printed as a markdown table.
+
+For each configuration: training images/s of a plain PyTorch loop (forward, cross-entropy,
+backward, Nesterov SGD step) on data from the real CIFAR data path, the achieved FLOP/s (3 x the
+forward FLOPs per image: forward + backward) and its fraction of this machine's measured fp32
+matmul peak, the data path's images/s on its own, and the ratio of a Lightning run's images/s to
+the plain loop's on the same model, data and steps. Warm-up steps (and torch.compile's
+compilation) are excluded from every timing and reported separately.
+
+    python benchmarks/throughput.py                       # Attention-56/164 at width 1.0 and 0.25
+    python benchmarks/throughput.py --depth 92 --width 1.0 --steps 30 --device cuda --precision bf16-mixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+
+from resattn import ModelConfig
+from resattn.data import TensorBatches, make_synthetic
+from resattn.machine import describe_device
+from resattn.module import ResidualAttentionClassifier
+from resattn.summary import model_cost
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """Measured FLOP/s of a large square matmul: the practical peak the model is compared with."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def batches(n_images: int, batch_size: int, device: torch.device) -> TensorBatches:
+    images, labels = make_synthetic(n_images, seed=0)
+    images, labels = images.to(device), labels.to(device)
+    return TensorBatches(images, labels, images.float().mean(0), batch_size, train=True, seed=0)
+
+
+def data_path_rate(device: torch.device, batch_size: int, n_images: int = 50_000) -> float:
+    """Images/s of the CIFAR training data path alone (index, crop, flip, normalise)."""
+    loader = batches(n_images, batch_size, device)
+    next(iter(loader))
+    sync(device)
+    start = time.perf_counter()
+    count = sum(x.shape[0] for x, _ in loader)
+    sync(device)
+    return count / (time.perf_counter() - start)
+
+
+def autocast(device: torch.device, precision: str):
+    enabled = precision == "bf16-mixed"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def plain_loop(model: ResidualAttentionClassifier, loader, steps: int, warmup: int, device, precision) -> tuple:
+    """(images/s, warm-up seconds) of a hand-written training loop."""
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    it = iter(_cycle(loader))
+    start = time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(device)
+            warm = time.perf_counter() - start
+            start = time.perf_counter()
+        x, y = next(it)
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return steps * loader.batch_size / (time.perf_counter() - start), warm
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+class StepTimer(Callback):
+    """Times training steps after ``warmup`` steps, as the plain loop does."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.end = time.perf_counter()
+
+
+class LoaderData(L.LightningDataModule):
+    def __init__(self, loader):
+        super().__init__()
+        self.loader = loader
+
+    def train_dataloader(self):
+        return self.loader
+
+
+def lightning_rate(model, loader, steps: int, warmup: int, device, precision) -> float:
+    """Images/s of Trainer.fit with the study runner's per-step-overhead-free settings."""
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_steps=warmup + steps,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    trainer.fit(model, LoaderData(loader))
+    return steps * loader.batch_size / (timer.end - timer.start)
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
+    peak_dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+    peak = matmul_peak(device, peak_dtype)
+    print(
+        f"Machine: {describe_device(device)} (torch {torch.__version__}); "
+        f"measured {peak_dtype} matmul peak {peak / 1e9:.1f} GFLOP/s; "
+        f"batch {args.batch_size}, best of {args.repeats} x {args.steps} timed steps after {args.warmup} "
+        f"warm-up steps, precision {precision}.\n"
+    )
+    data_rate = data_path_rate(device, args.batch_size)
+    rows = []
+    for depth in args.depth:
+        for width in args.width:
+            for channels_last in args.channels_last:
+                torch.manual_seed(0)
+                kwargs = dict(depth=depth, width=width, probes=False, channels_last=channels_last, compile=args.compile)
+                loader = batches(args.batch_size * 8, args.batch_size, device)
+                cost = model_cost(ResidualAttentionClassifier(depth=depth, width=width).net)
+                plains, lights, warms = [], [], []
+                for _ in range(args.repeats):  # interleaved, best of each: this machine's speed drifts
+                    model = ResidualAttentionClassifier(**kwargs)
+                    rate, warm = plain_loop(model, loader, args.steps, args.warmup, device, precision)
+                    plains.append(rate)
+                    warms.append(warm)
+                    if not args.no_lightning:
+                        model = ResidualAttentionClassifier(**kwargs)
+                        lights.append(lightning_rate(model, loader, args.steps, args.warmup, device, precision))
+                plain = max(plains)
+                row = dict(
+                    name=ModelConfig(depth=depth).name,
+                    width=width,
+                    channels_last=channels_last,
+                    plain=plain,
+                    warm=warms[0],
+                    flops=3 * cost["flops"] * plain,
+                    lightning=max(lights) if lights else None,
+                )
+                rows.append(row)
+    print(
+        "| network | width | channels_last | train img/s (plain loop) | achieved GFLOP/s | % of matmul peak "
+        "| Lightning img/s | Lightning / plain | warm-up s | data path img/s | data path / train step |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        light = r.get("lightning")
+        ratio = f"{light / r['plain']:.3f}" if light else "—"
+        print(
+            f"| {r['name']} | {r['width']} | {r['channels_last']} | {r['plain']:.1f} | {r['flops'] / 1e9:.1f} | "
+            f"{100 * r['flops'] / peak:.1f}% | {f'{light:.1f}' if light else '—'} | "
+            f"{ratio} | {r['warm']:.1f} | {data_rate:.0f} | "
+            f"{data_rate / r['plain']:.0f}x |"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, nargs="+", default=[56, 164])
+    parser.add_argument("--width", type=float, nargs="+", default=[1.0, 0.25])
+    parser.add_argument(
+        "--channels-last",
+        type=lambda s: s.lower() == "true",
+        nargs="+",
+        default=[True],
+        help="true/false, several to compare",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; the best is reported")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default=None, help="32-true or bf16-mixed (default: bf16-mixed on GPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning comparison")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

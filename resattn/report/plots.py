@@ -1,0 +1,229 @@
+"""The study's plots: error per variant, learning curves, error vs depth, Fig. 4 responses, mask
+statistics and a grid of attention masks. Each is a PNG with a title, labelled axes and a legend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from resattn.study.spec import Study  # noqa: E402
+
+# Paper Fig. 4 (Attention-164 / ResNet-164): mean absolute response per stage relative to stage 1.
+PAPER_FIG4 = {"ARL": (1.0, 0.52, 0.30), "NAL": (1.0, 0.02, 0.01), "ResNet-164": (1.0, 0.57, 0.30)}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(df) + 3), 4.5))
+    x = np.arange(len(df))
+    mean = df["error_mean"].to_numpy()
+    ci = np.where(df["seeds"] > 1, (df["ci95_high"] - df["ci95_low"]).to_numpy() / 2, np.nan)
+    ax.errorbar(x, mean, yerr=np.nan_to_num(ci), fmt="o", color="C0", capsize=5, label="this study (mean, 95% CI)")
+    if df["paper_error"].notna().any():
+        ax.scatter(x, df["paper_error"], marker="x", s=70, color="C3", zorder=3, label="paper")
+    ax.set_xticks(x, df["variant"], rotation=30 if len(df) > 4 else 0, ha="right" if len(df) > 4 else "center")
+    ax.set_ylabel("test error (%)")
+    ax.set_xlabel("variant")
+    ax.set_title(f"Test error per variant\n{subtitle}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def learning_curves(results: list[dict], variants: list[str], subtitle: str, path: Path) -> Path | None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    drawn = False
+    for i, name in enumerate(variants):
+        runs = [r for r in results if r["variant"] == name and r.get("epochs")]
+        for ax, key in zip(axes, ("val/err1", "train/loss")):
+            curves = [[e.get(key) for e in r["epochs"]] for r in runs]
+            curves = [c for c in curves if c and all(v is not None for v in c)]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            arr = np.array([c[:n] for c in curves]) * (100 if key == "val/err1" else 1)
+            epochs = np.arange(1, n + 1)
+            mean, std = arr.mean(0), arr.std(0)
+            ax.plot(epochs, mean, color=f"C{i % 10}", label=f"{name} (n={len(curves)})", marker="." if n < 15 else None)
+            if len(curves) > 1:
+                ax.fill_between(epochs, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0].set_ylabel("validation top-1 error (%)")
+    axes[1].set_ylabel("training loss (cross-entropy)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Validation error (mean ± std over seeds)", fontsize=10)
+    axes[1].set_title("Training loss (mean ± std over seeds)", fontsize=10)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(subtitle, fontsize=10)
+    return _save(fig, path)
+
+
+def error_vs_depth(df: pd.DataFrame, study: Study, subtitle: str, path: Path) -> Path | None:
+    """The shape of Table 3: one line per level of the other factor, paper dashed."""
+    names = [f.name for f in study.factors]
+    if "depth" not in names or len(names) != 2:
+        return None
+    other = names[1 - names.index("depth")]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, (level, group) in enumerate(df.groupby(other, sort=False)):
+        depth = group["depth"].astype(int).to_numpy()
+        ci = np.where(group["seeds"] > 1, (group["ci95_high"] - group["ci95_low"]) / 2, np.nan)
+        ax.errorbar(
+            depth,
+            group["error_mean"],
+            yerr=np.nan_to_num(ci),
+            marker="o",
+            capsize=4,
+            color=f"C{i}",
+            label=f"{level.upper()} (this study, 95% CI)",
+        )
+        if group["paper_error"].notna().any():
+            ax.plot(
+                depth,
+                group["paper_error"],
+                ls="--",
+                marker="x",
+                color=f"C{i}",
+                alpha=0.7,
+                label=f"{level.upper()} (paper)",
+            )
+    ax.set_xlabel("network depth (layers)")
+    ax.set_ylabel("test error (%)")
+    ax.set_xticks(sorted(df["depth"].astype(int).unique()))
+    ax.set_title(f"Test error vs depth\n{subtitle}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def relative_response(results: list[dict], variants: list[str], subtitle: str, path: Path) -> Path | None:
+    """Paper Fig. 4: each stage's mean absolute response divided by stage 1's."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    drawn = False
+    for i, name in enumerate(variants):
+        probes = [r["probe"] for r in results if r["variant"] == name and r.get("probe")]
+        stages = sorted(
+            int(k[5:-4]) for k in (probes[0] if probes else {}) if k.startswith("stage") and k.endswith("_rel")
+        )
+        if not stages:
+            continue
+        values = np.array([[p[f"stage{s}_rel"] for s in stages] for p in probes])
+        ax.errorbar(
+            stages,
+            values.mean(0),
+            yerr=values.std(0) if len(values) > 1 else None,
+            marker="o",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=f"{name} (n={len(values)})",
+        )
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    for j, (label, values) in enumerate(PAPER_FIG4.items()):
+        ax.plot([1, 2, 3], values, ls=":", color="gray", marker="xs^"[j], alpha=0.8, label=f"paper Fig. 4: {label}")
+    ax.set_xlabel("stage")
+    ax.set_ylabel("mean |response| relative to stage 1")
+    ax.set_xticks([1, 2, 3])
+    ax.set_title(f"Relative mean absolute response per stage (Fig. 4)\n{subtitle}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def mask_statistics(results: list[dict], variants: list[str], subtitle: str, path: Path) -> Path | None:
+    stats = {}
+    for name in variants:
+        probes = [r["probe"] for r in results if r["variant"] == name and r.get("probe")]
+        modules = [k[:-5] for k in (probes[0] if probes else {}) if k.endswith("_mean") and k.startswith("s")]
+        if modules:
+            stats[name] = {
+                m: {s: np.mean([p[f"{m}_{s}"] for p in probes]) for s in ("mean", "std", "low", "high")}
+                for m in modules
+            }
+    if not stats:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for i, (name, per_module) in enumerate(stats.items()):
+        modules = list(per_module)
+        x = np.arange(len(modules))
+        axes[0].errorbar(
+            x,
+            [per_module[m]["mean"] for m in modules],
+            yerr=[per_module[m]["std"] for m in modules],
+            marker="o",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=name,
+        )
+        axes[1].plot(x, [100 * per_module[m]["low"] for m in modules], marker="o", color=f"C{i % 10}", label=name)
+        axes[2].plot(x, [100 * per_module[m]["high"] for m in modules], marker="o", color=f"C{i % 10}", label=name)
+    for ax, title, ylabel in zip(
+        axes,
+        ("mask value: mean ± std", "mask values below 0.05", "mask values above 0.95"),
+        ("mask value", "% of mask values", "% of mask values"),
+    ):
+        ax.set_xticks(np.arange(len(modules)), modules, rotation=45)
+        ax.set_xlabel("attention module (stage, module)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(f"Soft mask statistics on validation data\n{subtitle}", fontsize=10)
+    return _save(fig, path)
+
+
+def mask_grid(mask_files: dict[str, Path], subtitle: str, path: Path, images: int = 6) -> Path | None:
+    """Rows: variants; columns: test images with the stage-1 mask (channel mean) overlaid."""
+    loaded = {}
+    for name, file in mask_files.items():
+        if file.is_file():
+            with np.load(file) as data:
+                masks = [k for k in data.files if k.startswith("s1m")]
+                if masks:
+                    loaded[name] = (data["images"], data[masks[0]], masks[0])
+    if not loaded:
+        return None
+    n = min(images, *(len(v[0]) for v in loaded.values()))
+    fig, axes = plt.subplots(len(loaded), n + 1, figsize=(1.6 * (n + 1), 1.7 * len(loaded) + 0.8), squeeze=False)
+    for row, (name, (imgs, masks, module)) in enumerate(loaded.items()):
+        axes[row, 0].text(0.5, 0.5, f"{name}\n({module})", ha="center", va="center", fontsize=8)
+        axes[row, 0].axis("off")
+        for col in range(n):
+            ax = axes[row, col + 1]
+            ax.imshow(imgs[col].transpose(1, 2, 0))
+            im = ax.imshow(
+                masks[col],
+                cmap="jet",
+                alpha=0.45,
+                vmin=0,
+                vmax=1,
+                extent=(-0.5, imgs.shape[-1] - 0.5, imgs.shape[-2] - 0.5, -0.5),
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"test image {col + 1}", fontsize=8)
+    fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), shrink=0.8, label="mask value (channel mean)")
+    fig.suptitle(f"Attention masks of the first stage over test images\n{subtitle}", fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

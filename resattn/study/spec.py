@@ -1,0 +1,293 @@
+"""Study specs (one YAML per paper table) and profiles, expanded into runs with stable ids.
+
+A study YAML has ``title``, ``paper_table``, optional ``dataset`` and ``settings``, ``factors``
+(a factor is a list of values of the setting it names, or a mapping of named levels to settings),
+``reference`` (the level each variant is compared with) and ``paper`` (the paper's test error in
+percent, nested in the order of the factors). Settings are the single-run CLI's names:
+``model.*``, ``data.*``, ``trainer.*``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resattn.data import NUM_CLASSES
+
+ABLATIONS = Path(__file__).resolve().parents[2] / "ablations"
+SECTIONS = ("model", "data", "trainer")
+# Factor names that are not "model.<name>" settings.
+FACTOR_SETTINGS = {"dataset": "data.dataset", "label_noise": "data.label_noise"}
+STUDY_KEYS = {"title", "paper_table", "dataset", "settings", "factors", "reference", "paper"}
+
+
+class SpecError(ValueError):
+    """A malformed study or profile: names the file, the key and what was expected."""
+
+    def __init__(self, path: Path | str, key: str, expected: str) -> None:
+        super().__init__(f"{path}: key {key!r}: expected {expected}.")
+
+
+def available_studies(root: Path = ABLATIONS) -> list[str]:
+    return sorted(p.stem for p in root.glob("*.yaml") if p.stem != "profiles")
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from err
+
+
+def check_settings(settings: Any, path: Path | str, key: str) -> dict[str, Any]:
+    """Settings must be a mapping of ``section.name`` keys, section one of model / data / trainer."""
+    if not isinstance(settings, dict):
+        raise SpecError(path, key, "a mapping of settings such as {model.width: 0.25}")
+    for name in settings:
+        if not isinstance(name, str) or name.split(".", 1)[0] not in SECTIONS or "." not in name:
+            raise SpecError(path, f"{key}.{name}", "a setting named model.<arg>, data.<arg> or trainer.<arg>")
+    return dict(settings)
+
+
+@dataclass(frozen=True)
+class Factor:
+    name: str
+    levels: dict[str, dict[str, Any]]  # level name -> settings it applies
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path
+    title: str
+    paper_table: str
+    settings: dict[str, Any]
+    factors: list[Factor]
+    reference: dict[str, str]
+    paper: dict[tuple[str, ...], float]
+    dataset: str | None = None
+
+    def variants(self) -> list[tuple[str, ...]]:
+        """Every combination of factor levels, in the order of the YAML."""
+        return list(itertools.product(*(list(f.levels) for f in self.factors)))
+
+    def variant_name(self, levels: tuple[str, ...]) -> str:
+        return "-".join(levels)
+
+    def reference_of(self, levels: tuple[str, ...]) -> tuple[str, ...]:
+        """The variant this one is compared with: same levels, but the reference level(s)."""
+        return tuple(self.reference.get(f.name, lvl) for f, lvl in zip(self.factors, levels))
+
+
+def _level_name(value: Any) -> str:
+    return str(value)
+
+
+def load_study(name: str, root: Path = ABLATIONS) -> Study:
+    """Read and validate ``ablations/<name>.yaml``."""
+    path = root / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown study {name!r}; available: {', '.join(available_studies(root))}.")
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpecError(path, "<top level>", "a mapping with keys title, factors, reference, paper")
+    unknown = set(raw) - STUDY_KEYS
+    if unknown:
+        raise SpecError(path, sorted(unknown)[0], f"one of {', '.join(sorted(STUDY_KEYS))}")
+    for key in ("title", "factors", "reference"):
+        if key not in raw:
+            raise SpecError(path, key, "to be present")
+    if not isinstance(raw["factors"], dict) or not raw["factors"]:
+        raise SpecError(path, "factors", "a non-empty mapping of factor name to a list of values or named levels")
+    factors = []
+    for fname, spec in raw["factors"].items():
+        setting = FACTOR_SETTINGS.get(fname, f"model.{fname}")
+        if isinstance(spec, list) and spec:
+            levels = {_level_name(v): {setting: v} for v in spec}
+        elif isinstance(spec, dict) and spec:
+            levels = {_level_name(k): check_settings(v, path, f"factors.{fname}.{k}") for k, v in spec.items()}
+        else:
+            raise SpecError(path, f"factors.{fname}", "a non-empty list of values or a mapping of level -> settings")
+        factors.append(Factor(fname, levels))
+    reference = raw["reference"]
+    if not isinstance(reference, dict):
+        raise SpecError(path, "reference", "a mapping of factor -> reference level, e.g. {attention_learning: arl}")
+    reference = {str(k): _level_name(v) for k, v in reference.items()}
+    names = {f.name: f for f in factors}
+    for k, v in reference.items():
+        if k not in names:
+            raise SpecError(path, f"reference.{k}", f"a factor of this study ({', '.join(names)})")
+        if v not in names[k].levels:
+            raise SpecError(path, f"reference.{k}", f"a level of {k} ({', '.join(names[k].levels)})")
+    paper: dict[tuple[str, ...], float] = {}
+
+    def walk(node: Any, prefix: tuple[str, ...], key: str) -> None:
+        depth = len(prefix)
+        if depth == len(factors):
+            if not isinstance(node, (int, float)):
+                raise SpecError(path, key, "a number (test error in percent)")
+            paper[prefix] = float(node)
+            return
+        if not isinstance(node, dict):
+            raise SpecError(path, key, f"a mapping keyed by levels of {factors[depth].name}")
+        for level, child in node.items():
+            level = _level_name(level)
+            if level not in factors[depth].levels:
+                raise SpecError(
+                    path, f"{key}.{level}", f"a level of {factors[depth].name} ({', '.join(factors[depth].levels)})"
+                )
+            walk(child, prefix + (level,), f"{key}.{level}")
+
+    walk(raw.get("paper") or {}, (), "paper")
+    dataset = raw.get("dataset")
+    if dataset is not None and dataset not in NUM_CLASSES:
+        raise SpecError(path, "dataset", f"one of {', '.join(NUM_CLASSES)}")
+    return Study(
+        name=name,
+        path=path,
+        title=str(raw["title"]),
+        paper_table=str(raw.get("paper_table", "")),
+        settings=check_settings(raw.get("settings") or {}, path, "settings"),
+        factors=factors,
+        reference=reference,
+        paper=paper,
+        dataset=dataset,
+    )
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    seeds: int
+    settings: dict[str, Any]
+    synthetic: bool = False
+
+
+def load_profile(name: str, root: Path = ABLATIONS) -> Profile:
+    path = root / "profiles.yaml"
+    profiles = _read_yaml(path)
+    if name not in profiles:
+        raise ValueError(f"unknown profile {name!r}; available: {', '.join(profiles)} (defined in {path}).")
+    raw = profiles[name]
+    seeds = raw.get("seeds", 1)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise SpecError(path, f"{name}.seeds", "an integer >= 1")
+    return Profile(
+        name,
+        str(raw.get("description", "")),
+        seeds,
+        check_settings(raw.get("settings") or {}, path, f"{name}.settings"),
+        bool(raw.get("synthetic")),
+    )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings from the command line; values are read as YAML (numbers, lists, ...)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.width=0.5")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return check_settings(out, "--set", "--set")
+
+
+@dataclass(frozen=True)
+class Run:
+    study: str
+    variant: str
+    levels: dict[str, str]
+    seed: int
+    config: dict[str, dict[str, Any]]  # resolved: {model: {...}, data: {...}, trainer: {...}}
+    profile: str
+    reductions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        """``<variant>-s<seed>-<hash>``: the hash covers the whole resolved config, so it is stable."""
+        digest = hashlib.sha1(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.variant}-s{self.seed}-{digest}"
+
+    def to_dict(self) -> dict:
+        return {
+            "study": self.study,
+            "variant": self.variant,
+            "levels": self.levels,
+            "seed": self.seed,
+            "run_id": self.run_id,
+            "profile": self.profile,
+            "config": self.config,
+            "reductions": self.reductions,
+        }
+
+
+def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in settings.items():
+        section, name = key.split(".", 1)
+        out[section][name] = value
+    return out
+
+
+def reductions(profile: Profile, paper: Profile | None) -> dict[str, str]:
+    """How a profile departs from the paper protocol, one line per setting."""
+    if paper is None or profile.name == paper.name:
+        return {}
+    out = {}
+    keys = sorted(set(profile.settings) | set(paper.settings))
+    for key in keys:
+        ours, theirs = profile.settings.get(key, "not set"), paper.settings.get(key, "full")
+        if ours != theirs:
+            out[key] = f"{ours} (paper: {theirs})"
+    if profile.synthetic:
+        out["data.dataset"] = "synthetic (paper: CIFAR)"
+    return out
+
+
+def expand(
+    study: Study,
+    profile: Profile,
+    seeds: int | None = None,
+    overrides: dict | None = None,
+    paper_profile: Profile | None = None,
+) -> list[Run]:
+    """Every variant x seed of ``study`` under ``profile``, settings merged in this order:
+    profile, study, dataset, factor levels, command-line overrides, seed."""
+    runs = []
+    reduced = reductions(profile, paper_profile)
+    for key, value in (overrides or {}).items():
+        reduced[key] = f"{value} (command line)"
+    for levels in study.variants():
+        settings = {**profile.settings, **study.settings}
+        if study.dataset:
+            settings["data.dataset"] = study.dataset
+        for factor, level in zip(study.factors, levels):
+            settings.update(factor.levels[level])
+        settings.update(overrides or {})
+        dataset = settings.get("data.dataset", "cifar10")
+        if profile.synthetic and dataset in NUM_CLASSES:
+            settings["data.dataset"] = "synthetic"
+            settings["data.synthetic_classes"] = NUM_CLASSES[dataset]
+        for seed in range(seeds or profile.seeds):
+            config = _nest({**settings, "data.seed": seed, "data.noise_seed": seed})
+            runs.append(
+                Run(
+                    study.name,
+                    study.variant_name(levels),
+                    dict(zip((f.name for f in study.factors), levels)),
+                    seed,
+                    config,
+                    profile.name,
+                    reduced,
+                )
+            )
+    return runs
