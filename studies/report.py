@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile or latest.get("profile", "quick"))
         overrides = parse_overrides(args.overrides) if args.overrides is not None else latest.get("overrides", {})
         seeds = args.seeds if args.seeds is not None else latest.get("seeds")
-        runs = expand(study, profile, seeds, overrides, paper_profile=load_profile("paper"))
+        runs = expand(study, profile, seeds, overrides)
         results = None
         if args.from_wandb:
             results = results_from_wandb(args.from_wandb, study.name, args.runs_dir / study.name / "_wandb")

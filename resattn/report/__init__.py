@@ -51,9 +51,10 @@ def build_report(
     wandb_mode: str = "disabled",
     project: str = "resattn",
     entity: str | None = None,
-    out=sys.stdout,
+    out=None,
 ) -> list[Path]:
     """Write ``reports/<study>/`` from the results of ``runs`` (read from ``runs_dir`` unless given)."""
+    out = out or sys.stdout
     if results is None:
         results = [r for r in (read_result(Path(runs_dir) / run.study / run.run_id) for run in runs) if r]
     if not results:

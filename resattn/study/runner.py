@@ -59,7 +59,7 @@ def fmt_time(seconds: float) -> str:
 class Progress:
     """Thread-safe progress of a study: per-run fractions, printed with the study's ETA."""
 
-    def __init__(self, study: str, total: int, out=sys.stdout) -> None:
+    def __init__(self, study: str, total: int, out) -> None:
         self.study, self.total, self.out = study, total, out
         self.done = 0
         self.fractions: dict[str, float] = {}
@@ -155,12 +155,13 @@ def run_study(
     wandb: str | None = None,
     project: str = "resattn",
     entity: str | None = None,
-    out=sys.stdout,
+    out=None,
 ) -> int:
     """Train what is missing of a study, then write its report. Returns the number of failed runs."""
+    out = out or sys.stdout
     study = load_study(study_name)
     prof = load_profile(profile)
-    runs = expand(study, prof, seeds, overrides, paper_profile=load_profile("paper"))
+    runs = expand(study, prof, seeds, overrides)
     wandb_mode = decide_wandb_mode(wandb)
     todo = [r for r in runs if force or read_result(run_dir_of(runs_dir, r)) is None]
     print(

@@ -238,9 +238,9 @@ def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def reductions(profile: Profile, paper: Profile | None) -> dict[str, str]:
+def reductions(profile: Profile, paper: Profile) -> dict[str, str]:
     """How a profile departs from the paper protocol, one line per setting."""
-    if paper is None or profile.name == paper.name:
+    if profile.name == paper.name:
         return {}
     out = {}
     keys = sorted(set(profile.settings) | set(paper.settings))
@@ -263,7 +263,7 @@ def expand(
     """Every variant x seed of ``study`` under ``profile``, settings merged in this order:
     profile, study, dataset, factor levels, command-line overrides, seed."""
     runs = []
-    reduced = reductions(profile, paper_profile)
+    reduced = reductions(profile, load_profile("paper"))
     for key, value in (overrides or {}).items():
         reduced[key] = f"{value} (command line)"
     for levels in study.variants():

@@ -185,7 +185,11 @@ def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", 
     np.savez_compressed(run_dir / "masks.npz", images=images.cpu().numpy(), **{k: v.numpy() for k, v in masks.items()})
     cost = model_cost(model.net)
     for logger in loggers[1:]:
+        import wandb
+
         logger.experiment.summary.update({"test_error": 100 * test["test/err1"], **cost})
+        logger.experiment.log({"images": [wandb.Image(img.transpose(1, 2, 0)) for img in images.cpu().numpy()],
+                               **{f"masks/{k}": [wandb.Image(m.numpy()) for m in v] for k, v in masks.items()}})
     result = {
         **run,
         "status": "finished",
