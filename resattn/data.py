@@ -195,8 +195,10 @@ class TensorBatches:
         return idx[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        n = -(-self.labels.numel() // self.world_size)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        n = self.labels.numel()
+        if self.train:
+            return n // (self.batch_size * self.world_size)
+        return -(-(-(-n // self.world_size)) // self.batch_size)  # ceil(ceil(n / world) / batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator(device=self.images.device)
@@ -307,6 +309,11 @@ class CIFARDataModule(L.LightningDataModule):
         self._splits.setdefault("val", self._splits["test"])
         self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self._splits.items()}
         self.mean = self._splits["train"][0].float().mean(0)  # per-pixel RGB mean (3, 32, 32)
+
+    def images(self, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` raw uint8 images (N, 3, 32, 32) and labels of ``train``, ``val`` or ``test``."""
+        images, labels = self._splits[split]
+        return images[:n], labels[:n]
 
     def _batches(self, split: str) -> TensorBatches:
         images, labels = self._splits[split]

@@ -105,6 +105,15 @@ def test_sharding_splits_the_epoch_between_ranks():
     assert len(seen[0]) == len(seen[1]) == 128
 
 
+@pytest.mark.parametrize("n, batch, world", [(127, 2, 2), (200, 32, 2), (130, 32, 2), (64, 64, 1), (65, 8, 3)])
+def test_length_is_the_number_of_batches_yielded(n, batch, world):
+    x, y = make_synthetic(n, seed=3)
+    for train in (True, False):
+        for rank in range(world):
+            loader = TensorBatches(x, y, x.float().mean(0), batch, train=train, rank=rank, world_size=world)
+            assert len(list(loader)) <= len(loader) and (rank > 0 or len(list(loader)) == len(loader))
+
+
 @pytest.mark.parametrize("noise", [0.1, 0.3, 0.5, 0.7])
 def test_label_noise_follows_the_q_matrix(noise):
     labels = torch.arange(10).repeat(5000)
@@ -134,8 +143,8 @@ def test_synthetic_is_deterministic_and_has_one_pattern_per_class():
 def test_datamodule_splits_subsets_noise_and_mean(cifar10_dir):
     dm = CIFARDataModule(data_dir=str(cifar10_dir), train_size=120, val_size=50, label_noise=0.3, batch_size=16)
     dm.setup("fit")
-    x, y = dm._splits["train"]
-    assert x.shape[0] == 120 and dm._splits["val"][0].shape[0] == 50 and dm._splits["test"][0].shape[0] == 100
+    x, y = dm.images("train")
+    assert x.shape[0] == 120 and dm.images("val")[0].shape[0] == 50 and dm.images("test")[0].shape[0] == 100
     assert torch.allclose(dm.mean, x.float().mean(0))
     assert 0.1 < dm.noise_rate < 0.5
     assert dm.num_classes == 10 and len(dm.train_dataloader()) == 120 // 16
@@ -146,7 +155,7 @@ def test_datamodule_splits_subsets_noise_and_mean(cifar10_dir):
 def test_datamodule_validates_on_test_split_by_default(cifar10_dir):
     dm = CIFARDataModule(data_dir=str(cifar10_dir))
     dm.setup("fit")
-    assert dm._splits["val"][0].data_ptr() == dm._splits["test"][0].data_ptr()
+    assert dm.images("val")[0].data_ptr() == dm.images("test")[0].data_ptr()
 
 
 def test_datamodule_rejects_unknown_dataset():

@@ -73,9 +73,9 @@ def test_fit_on_cifar_files_reports_the_final_weights(tmp_path, cifar10_dir):
     trainer.fit(model, data)
     reported = trainer.test(model, data, verbose=False)[0]["test/acc1"]
     model.eval()
-    x, y = data._splits["test"]
+    _, y = data.images("test")
     with torch.no_grad():
-        direct = (model(data._batches("test").__iter__().__next__()[0]).argmax(1) == y).float().mean().item()
+        direct = (model(next(iter(data.test_dataloader()))[0]).argmax(1) == y).float().mean().item()
     assert reported == pytest.approx(direct)
     assert data.noise_rate is not None and 0 < data.noise_rate < 0.3
     assert all(torch.isfinite(p).all() for p in model.parameters())

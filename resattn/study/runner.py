@@ -56,23 +56,38 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class Progress:
-    """Thread-safe progress of a study: per-run fractions, printed with the study's ETA."""
+def run_cost(run: Run) -> float:
+    """Rough relative cost of a run, for the ETA: depth x width^2 (x 1.5 with soft masks: the measured
+    MAC ratio of Attention-92 to its mask-free trunk) x training images x epochs (or steps x batch)."""
+    model = run.config["model"]
+    flops = model.get("depth", 56) * model.get("width", 1.0) ** 2
+    flops *= 1.0 if model.get("attention_learning") == "none" else 1.5
+    data, trainer = run.config["data"], run.config["trainer"]
+    if trainer.get("max_steps", -1) > 0:
+        return flops * trainer["max_steps"] * data.get("batch_size", 64)
+    images = data.get("train_size") or 50_000
+    return flops * images * trainer.get("max_epochs", 1)
 
-    def __init__(self, study: str, total: int, out) -> None:
-        self.study, self.total, self.out = study, total, out
-        self.done = 0
+
+class Progress:
+    """Thread-safe progress of a study: per-run fractions weighted by run cost, printed with the ETA."""
+
+    def __init__(self, study: str, costs: dict[str, float], out) -> None:
+        self.study, self.out = study, out
+        self.total = len(costs)
+        self.costs = {k: v / (sum(costs.values()) or 1) for k, v in costs.items()}
+        self.done = 0.0
         self.fractions: dict[str, float] = {}
         self.start = time.time()
         self.lock = threading.Lock()
 
     def eta(self) -> str:
-        finished = self.done + sum(self.fractions.values())
+        finished = self.done + sum(self.costs[k] * f for k, f in self.fractions.items())
         if finished <= 0:
             return "ETA unknown"
-        remaining = (time.time() - self.start) / finished * (self.total - finished)
+        remaining = (time.time() - self.start) / finished * (1 - finished)
         elapsed = fmt_time(time.time() - self.start)
-        return f"{100 * finished / self.total:.0f}% | elapsed {elapsed} | ETA {fmt_time(remaining)}"
+        return f"{100 * finished:.0f}% | elapsed {elapsed} | ETA {fmt_time(remaining)}"
 
     def say(self, index: int, run_id: str, message: str) -> None:
         with self.lock:
@@ -89,7 +104,7 @@ class Progress:
     def finish(self, run_id: str) -> None:
         with self.lock:
             self.fractions.pop(run_id, None)
-            self.done += 1
+            self.done += self.costs[run_id]
 
 
 def run_dir_of(runs_dir: Path, run: Run) -> Path:
@@ -183,7 +198,7 @@ def run_study(
         Path(runs_dir) / study.name / "latest.json",
         {"profile": prof.name, "seeds": seeds, "overrides": overrides or {}},
     )
-    progress = Progress(study.name, len(todo), out)
+    progress = Progress(study.name, {r.run_id: run_cost(r) for r in todo}, out)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [

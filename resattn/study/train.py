@@ -180,7 +180,7 @@ def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", 
     trainer.fit(model, data)
     probe = dict(model.probe_results)
     test = {k: float(v) for k, v in trainer.test(model, data, verbose=False)[0].items()}
-    images = data._splits["test"][0][:MASK_IMAGES]
+    images = data.images("test", MASK_IMAGES)[0]
     masks = mask_maps(model.net, next(iter(data.test_dataloader()))[0][:MASK_IMAGES])
     np.savez_compressed(run_dir / "masks.npz", images=images.cpu().numpy(), **{k: v.numpy() for k, v in masks.items()})
     cost = model_cost(model.net)
