@@ -7,6 +7,7 @@ mean subtraction run batched, fused into one gather (``augment``).
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -198,7 +199,7 @@ class TensorBatches:
         n = self.labels.numel()
         if self.train:
             return n // (self.batch_size * self.world_size)
-        return -(-(-(-n // self.world_size)) // self.batch_size)  # ceil(ceil(n / world) / batch)
+        return math.ceil(math.ceil(n / self.world_size) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator(device=self.images.device)
