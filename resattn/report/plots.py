@@ -139,7 +139,7 @@ def relative_response(results: list[dict], variants: list[str], subtitle: str, p
         plt.close(fig)
         return None
     for j, (label, values) in enumerate(PAPER_FIG4.items()):
-        ax.plot([1, 2, 3], values, ls=":", color="gray", marker="xs^"[j], alpha=0.8, label=f"paper Fig. 4: {label}")
+        ax.plot([1, 2, 3], values, ls=":", color="black", marker="xs^"[j], alpha=0.6, label=f"paper Fig. 4: {label}")
     ax.set_xlabel("stage")
     ax.set_ylabel("mean |response| relative to stage 1")
     ax.set_xticks([1, 2, 3])
@@ -192,38 +192,36 @@ def mask_statistics(results: list[dict], variants: list[str], subtitle: str, pat
 
 
 def mask_grid(mask_files: dict[str, Path], subtitle: str, path: Path, images: int = 6) -> Path | None:
-    """Rows: variants; columns: test images with the stage-1 mask (channel mean) overlaid."""
+    """Top row: test images; below, one row per variant: its first-stage mask (channel mean) on each."""
     loaded = {}
     for name, file in mask_files.items():
         if file.is_file():
             with np.load(file) as data:
-                masks = [k for k in data.files if k.startswith("s1m")]
+                masks = sorted(k for k in data.files if k.startswith("s1m"))
                 if masks:
                     loaded[name] = (data["images"], data[masks[0]], masks[0])
     if not loaded:
         return None
     n = min(images, *(len(v[0]) for v in loaded.values()))
-    fig, axes = plt.subplots(len(loaded), n + 1, figsize=(1.6 * (n + 1), 1.7 * len(loaded) + 0.8), squeeze=False)
-    for row, (name, (imgs, masks, module)) in enumerate(loaded.items()):
-        axes[row, 0].text(0.5, 0.5, f"{name}\n({module})", ha="center", va="center", fontsize=8)
-        axes[row, 0].axis("off")
+    # one colour scale for all rows (comparable), spanning the values shown (structure visible)
+    low = min(float(v[1][:n].min()) for v in loaded.values())
+    high = max(float(v[1][:n].max()) for v in loaded.values())
+    rows = len(loaded) + 1
+    fig, axes = plt.subplots(rows, n, figsize=(1.5 * n + 1.6, 1.5 * rows + 0.9), squeeze=False)
+    first_images = next(iter(loaded.values()))[0]
+    for col in range(n):
+        axes[0, col].imshow(first_images[col].transpose(1, 2, 0))
+        axes[0, col].set_title(f"test image {col + 1}", fontsize=8)
+    axes[0, 0].set_ylabel("input", fontsize=8)
+    for row, (name, (_, masks, module)) in enumerate(loaded.items(), start=1):
         for col in range(n):
-            ax = axes[row, col + 1]
-            ax.imshow(imgs[col].transpose(1, 2, 0))
-            im = ax.imshow(
-                masks[col],
-                cmap="jet",
-                alpha=0.45,
-                vmin=0,
-                vmax=1,
-                extent=(-0.5, imgs.shape[-1] - 0.5, imgs.shape[-2] - 0.5, -0.5),
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(f"test image {col + 1}", fontsize=8)
-    fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), shrink=0.8, label="mask value (channel mean)")
-    fig.suptitle(f"Attention masks of the first stage over test images\n{subtitle}", fontsize=10)
+            im = axes[row, col].imshow(masks[col], cmap="viridis", vmin=low, vmax=high)
+        axes[row, 0].set_ylabel(f"{name}\n({module})", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), shrink=0.9, label="mask value (mean over channels)")
+    fig.suptitle(f"First-stage soft masks on test images\n{subtitle}", fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
