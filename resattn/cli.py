@@ -14,9 +14,14 @@ class ResAttnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+    def after_fit(self) -> None:
+        """Test the final weights (the paper's protocol: never a best-on-test checkpoint)."""
+        self.trainer.test(self.model, datamodule=self.datamodule)
+
 
 def cli_main(args: list[str] | None = None) -> ResAttnCLI:
-    """Run ``fit``/``validate``/``test``; the resolved config is saved as ``config.yaml`` in the run's log dir."""
+    """Run ``fit`` (then test of the final weights), ``validate`` or ``test``; the resolved config is saved
+    as ``config.yaml`` in the run's log dir."""
     return ResAttnCLI(
         ResidualAttentionClassifier,
         CIFARDataModule,

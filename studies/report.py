@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         results = None
         if args.from_wandb:
             results = results_from_wandb(args.from_wandb, study.name, args.runs_dir / study.name / "_wandb")
-            runs = [r for r in runs if r.profile == profile.name]
+            results = [r for r in results if r["run_id"] in {run.run_id for run in runs}]
         written = build_report(study, runs, args.runs_dir, args.reports_dir, results=results)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -38,7 +38,7 @@ def test_fit_flag_validation():
 
 def test_fit_cli_saves_the_resolved_config(tmp_path):
     (tmp_path / "base.yaml").write_text("model:\n  width: 0.125\n  probes: false\n")
-    cli_main(
+    cli = cli_main(
         [
             "fit",
             "--config",
@@ -68,3 +68,4 @@ def test_fit_cli_saves_the_resolved_config(tmp_path):
     config = yaml.safe_load(saved[0].read_text())
     assert config["model"]["attention_learning"] == "nal" and config["model"]["mask_structure"] == "local_conv"
     assert config["model"]["width"] == 0.125 and config["data"]["dataset"] == "synthetic"
+    assert 0 <= cli.trainer.callback_metrics["test/err1"] <= 1  # fit ends with a test of the final weights

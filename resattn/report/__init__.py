@@ -78,7 +78,7 @@ def build_report(
         plots.error_per_variant(df, subtitle, folder / "error.png"),
         plots.learning_curves(results, variants, subtitle, folder / "curves.png"),
         plots.error_vs_depth(df, study, subtitle, folder / "depth.png"),
-        plots.relative_response(results, variants, subtitle, folder / "response.png"),
+        plots.relative_response(results, variants, study.paper_response, subtitle, folder / "response.png"),
         plots.mask_statistics(results, variants, subtitle, folder / "mask_stats.png"),
         plots.mask_grid(mask_files, subtitle, folder / "masks.png"),
     ):

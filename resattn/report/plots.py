@@ -14,9 +14,6 @@ import pandas as pd  # noqa: E402
 
 from resattn.study.spec import Study  # noqa: E402
 
-# Paper Fig. 4 (Attention-164 / ResNet-164): mean absolute response per stage relative to stage 1.
-PAPER_FIG4 = {"ARL": (1.0, 0.52, 0.30), "NAL": (1.0, 0.02, 0.01), "ResNet-164": (1.0, 0.57, 0.30)}
-
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -113,7 +110,9 @@ def error_vs_depth(df: pd.DataFrame, study: Study, subtitle: str, path: Path) ->
     return _save(fig, path)
 
 
-def relative_response(results: list[dict], variants: list[str], subtitle: str, path: Path) -> Path | None:
+def relative_response(
+    results: list[dict], variants: list[str], paper: dict[str, list[float]], subtitle: str, path: Path
+) -> Path | None:
     """Paper Fig. 4: each stage's mean absolute response divided by stage 1's."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     drawn = False
@@ -138,8 +137,16 @@ def relative_response(results: list[dict], variants: list[str], subtitle: str, p
     if not drawn:
         plt.close(fig)
         return None
-    for j, (label, values) in enumerate(PAPER_FIG4.items()):
-        ax.plot([1, 2, 3], values, ls=":", color="black", marker="xs^"[j], alpha=0.6, label=f"paper Fig. 4: {label}")
+    for j, (label, values) in enumerate(paper.items()):
+        ax.plot(
+            range(1, len(values) + 1),
+            values,
+            ls=":",
+            color="black",
+            marker="xs^dv"[j % 5],
+            alpha=0.6,
+            label=f"paper Fig. 4: {label}",
+        )
     ax.set_xlabel("stage")
     ax.set_ylabel("mean |response| relative to stage 1")
     ax.set_xticks([1, 2, 3])

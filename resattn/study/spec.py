@@ -24,7 +24,7 @@ ABLATIONS = Path(__file__).resolve().parents[2] / "ablations"
 SECTIONS = ("model", "data", "trainer")
 # Factor names that are not "model.<name>" settings.
 FACTOR_SETTINGS = {"dataset": "data.dataset", "label_noise": "data.label_noise"}
-STUDY_KEYS = {"title", "paper_table", "dataset", "settings", "factors", "reference", "paper"}
+STUDY_KEYS = {"title", "paper_table", "dataset", "settings", "factors", "reference", "paper", "paper_response"}
 
 
 class SpecError(ValueError):
@@ -74,6 +74,7 @@ class Study:
     reference: dict[str, str]
     paper: dict[tuple[str, ...], float]
     dataset: str | None = None
+    paper_response: dict[str, list[float]] = field(default_factory=dict)  # Fig. 4 curves, by label
 
     def variants(self) -> list[tuple[str, ...]]:
         """Every combination of factor levels, in the order of the YAML."""
@@ -150,6 +151,11 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     dataset = raw.get("dataset")
     if dataset is not None and dataset not in NUM_CLASSES:
         raise SpecError(path, "dataset", f"one of {', '.join(NUM_CLASSES)}")
+    response = raw.get("paper_response") or {}
+    if not isinstance(response, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in response.values()
+    ):
+        raise SpecError(path, "paper_response", "a mapping of label -> list of per-stage numbers")
     return Study(
         name=name,
         path=path,
@@ -160,6 +166,7 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
         reference=reference,
         paper=paper,
         dataset=dataset,
+        paper_response={str(k): [float(x) for x in v] for k, v in response.items()},
     )
 
 

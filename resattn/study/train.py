@@ -188,8 +188,12 @@ def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", 
         import wandb
 
         logger.experiment.summary.update({"test_error": 100 * test["test/err1"], **cost})
-        logger.experiment.log({"images": [wandb.Image(img.transpose(1, 2, 0)) for img in images.cpu().numpy()],
-                               **{f"masks/{k}": [wandb.Image(m.numpy()) for m in v] for k, v in masks.items()}})
+        logger.experiment.log(
+            {
+                "images": [wandb.Image(img.transpose(1, 2, 0)) for img in images.cpu().numpy()],
+                **{f"masks/{k}": [wandb.Image(m.numpy()) for m in v] for k, v in masks.items()},
+            }
+        )
     result = {
         **run,
         "status": "finished",
