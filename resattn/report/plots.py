@@ -171,7 +171,7 @@ def mask_statistics(results: list[dict], variants: list[str], subtitle: str, pat
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     for i, (name, per_module) in enumerate(stats.items()):
         modules = list(per_module)
-        x = np.arange(len(modules))
+        x = np.arange(len(modules)) + 0.25 * (i - (len(stats) - 1) / 2) / max(1, len(stats) - 1)  # dodge
         axes[0].errorbar(
             x,
             [per_module[m]["mean"] for m in modules],

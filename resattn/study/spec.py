@@ -246,13 +246,17 @@ def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def reductions(profile: Profile, paper: Profile) -> dict[str, str]:
-    """How a profile departs from the paper protocol, one line per setting."""
+    """How a profile departs from the paper protocol, one line per setting it changes."""
     if profile.name == paper.name:
         return {}
     out = {}
-    keys = sorted(set(profile.settings) | set(paper.settings))
-    for key in keys:
-        ours, theirs = profile.settings.get(key, "not set"), paper.settings.get(key, "full")
+    for key, ours in profile.settings.items():
+        theirs = paper.settings.get(key)
+        if theirs is None:
+            if key == "trainer.max_epochs" and "trainer.max_steps" in paper.settings:
+                theirs = f"{paper.settings['trainer.max_steps']} steps"
+            else:
+                theirs = "the full data set" if key.startswith("data.") else "not set"
         if ours != theirs:
             out[key] = f"{ours} (paper: {theirs})"
     if profile.synthetic:
