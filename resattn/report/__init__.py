@@ -66,6 +66,7 @@ def build_report(
     head = header(study, runs, results)
     written = write_tables(df, head, folder)
     variants = [study.variant_name(v) for v in study.variants()]
+    styles = plots.variant_styles(study)
     n_seeds = len({r["seed"] for r in results})
     subtitle = f"{study.name}, profile {runs[0].profile if runs else '?'}, {n_seeds} seed(s)"
     mask_files = {
@@ -76,10 +77,10 @@ def build_report(
     }
     for path in (
         plots.error_per_variant(df, subtitle, folder / "error.png"),
-        plots.learning_curves(results, variants, subtitle, folder / "curves.png"),
+        plots.learning_curves(results, styles, subtitle, folder / "curves.png"),
         plots.error_vs_depth(df, study, subtitle, folder / "depth.png"),
-        plots.relative_response(results, variants, study.paper_response, subtitle, folder / "response.png"),
-        plots.mask_statistics(results, variants, subtitle, folder / "mask_stats.png"),
+        plots.relative_response(results, styles, study.paper_response, subtitle, folder / "response.png"),
+        plots.mask_statistics(results, styles, subtitle, folder / "mask_stats.png"),
         plots.mask_grid(mask_files, subtitle, folder / "masks.png"),
     ):
         if path is not None:

@@ -14,6 +14,26 @@ import pandas as pd  # noqa: E402
 
 from resattn.study.spec import Study  # noqa: E402
 
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def variant_styles(study: Study) -> dict[str, dict]:
+    """Colour and line style per variant, in the study's order: with two or more factors the first
+    factor sets the line style (ARL solid, NAL dashed) and the others the colour (one per depth)."""
+    styles = {}
+    rest = [list(f.levels) for f in study.factors[1:]]
+    for levels in study.variants():
+        if rest:
+            colour = sum(
+                r.index(lvl) * int(np.prod([len(x) for x in rest[j + 1 :]]))
+                for j, (r, lvl) in enumerate(zip(rest, levels[1:]))
+            )
+            ls = LINESTYLES[list(study.factors[0].levels).index(levels[0]) % len(LINESTYLES)]
+        else:
+            colour, ls = list(study.factors[0].levels).index(levels[0]), "-"
+        styles[study.variant_name(levels)] = {"color": f"C{colour % 10}", "ls": ls}
+    return styles
+
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -39,10 +59,10 @@ def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def learning_curves(results: list[dict], variants: list[str], subtitle: str, path: Path) -> Path | None:
+def learning_curves(results: list[dict], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = False
-    for i, name in enumerate(variants):
+    for name, style in styles.items():
         runs = [r for r in results if r["variant"] == name and r.get("epochs")]
         for ax, key in zip(axes, ("val/err1", "train/loss")):
             curves = [[e.get(key) for e in r["epochs"]] for r in runs]
@@ -53,9 +73,9 @@ def learning_curves(results: list[dict], variants: list[str], subtitle: str, pat
             arr = np.array([c[:n] for c in curves]) * (100 if key == "val/err1" else 1)
             epochs = np.arange(1, n + 1)
             mean, std = arr.mean(0), arr.std(0)
-            ax.plot(epochs, mean, color=f"C{i % 10}", label=f"{name} (n={len(curves)})", marker="." if n < 15 else None)
+            ax.plot(epochs, mean, **style, label=f"{name} (n={len(curves)})", marker="." if n < 15 else None)
             if len(curves) > 1:
-                ax.fill_between(epochs, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2)
+                ax.fill_between(epochs, mean - std, mean + std, color=style["color"], alpha=0.15)
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -111,12 +131,12 @@ def error_vs_depth(df: pd.DataFrame, study: Study, subtitle: str, path: Path) ->
 
 
 def relative_response(
-    results: list[dict], variants: list[str], paper: dict[str, list[float]], subtitle: str, path: Path
+    results: list[dict], styles: dict[str, dict], paper: dict[str, list[float]], subtitle: str, path: Path
 ) -> Path | None:
     """Paper Fig. 4: each stage's mean absolute response divided by stage 1's."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     drawn = False
-    for i, name in enumerate(variants):
+    for name, style in styles.items():
         probes = [r["probe"] for r in results if r["variant"] == name and r.get("probe")]
         stages = sorted(
             int(k[5:-4]) for k in (probes[0] if probes else {}) if k.startswith("stage") and k.endswith("_rel")
@@ -130,7 +150,7 @@ def relative_response(
             yerr=values.std(0) if len(values) > 1 else None,
             marker="o",
             capsize=3,
-            color=f"C{i % 10}",
+            **style,
             label=f"{name} (n={len(values)})",
         )
         drawn = True
@@ -144,7 +164,7 @@ def relative_response(
             ls=":",
             color="black",
             marker="xs^dv"[j % 5],
-            alpha=0.6,
+            alpha=0.5,
             label=f"paper Fig. 4: {label}",
         )
     ax.set_xlabel("stage")
@@ -152,13 +172,13 @@ def relative_response(
     ax.set_xticks([1, 2, 3])
     ax.set_title(f"Relative mean absolute response per stage (Fig. 4)\n{subtitle}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
-def mask_statistics(results: list[dict], variants: list[str], subtitle: str, path: Path) -> Path | None:
+def mask_statistics(results: list[dict], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
     stats = {}
-    for name in variants:
+    for name in styles:
         probes = [r["probe"] for r in results if r["variant"] == name and r.get("probe")]
         modules = [k[:-5] for k in (probes[0] if probes else {}) if k.endswith("_mean") and k.startswith("s")]
         if modules:
@@ -169,7 +189,7 @@ def mask_statistics(results: list[dict], variants: list[str], subtitle: str, pat
     if not stats:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    for i, (name, per_module) in enumerate(stats.items()):
+    for i, (name, per_module) in enumerate(stats.items()):  # i: dodge offset
         modules = list(per_module)
         x = np.arange(len(modules)) + 0.25 * (i - (len(stats) - 1) / 2) / max(1, len(stats) - 1)  # dodge
         axes[0].errorbar(
@@ -178,11 +198,11 @@ def mask_statistics(results: list[dict], variants: list[str], subtitle: str, pat
             yerr=[per_module[m]["std"] for m in modules],
             marker="o",
             capsize=3,
-            color=f"C{i % 10}",
+            **styles[name],
             label=name,
         )
-        axes[1].plot(x, [100 * per_module[m]["low"] for m in modules], marker="o", color=f"C{i % 10}", label=name)
-        axes[2].plot(x, [100 * per_module[m]["high"] for m in modules], marker="o", color=f"C{i % 10}", label=name)
+        axes[1].plot(x, [100 * per_module[m]["low"] for m in modules], marker="o", **styles[name], label=name)
+        axes[2].plot(x, [100 * per_module[m]["high"] for m in modules], marker="o", **styles[name], label=name)
     for ax, title, ylabel in zip(
         axes,
         ("mask value: mean ± std", "mask values below 0.05", "mask values above 0.95"),
