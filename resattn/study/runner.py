@@ -140,7 +140,9 @@ def launch(
                 if info.get("epoch") != last_epoch:
                     last_epoch = info.get("epoch")
                     extra = "".join(f", {k} {info[k]}" for k in ("train/loss", "val/err1") if k in info)
-                    progress.say(index, run.run_id, f"epoch {last_epoch + 1}/{info.get('max_epochs')}{extra}")
+                    total = info.get("max_epochs") or -1  # -1: the run is bounded by max_steps
+                    epochs = f"{last_epoch + 1}/{total}" if total > 0 else f"{last_epoch + 1}"
+                    progress.say(index, run.run_id, f"epoch {epochs}{extra}")
             else:
                 log.write(line)
                 log.flush()
