@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,6 +98,7 @@ def log_report_to_wandb(
     try:
         import wandb
 
+        os.environ.setdefault("WANDB_SILENT", "true")
         save_dir = Path(runs_dir) / study.name / "_report"
         save_dir.mkdir(parents=True, exist_ok=True)
         run = wandb.init(
