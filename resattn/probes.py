@@ -66,10 +66,11 @@ class ResponseProbe:
         self.detach()
         self._sums = {}
         self._stages = len(net.stages)
-        self._masks = list(mask_names(net))
+        masks = mask_names(net)
+        self._masks = list(masks)
         for i, stage in enumerate(net.stages, start=1):
             self._handles.append(stage.register_forward_hook(self._stage_hook(i)))
-        for name, mask in mask_names(net).items():
+        for name, mask in masks.items():
             self._handles.append(mask.register_forward_hook(self._mask_hook(name)))
         return self
 

@@ -27,7 +27,7 @@ def wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        auth = netrc.netrc(os.environ.get("NETRC")) if os.environ.get("NETRC") else netrc.netrc()
+        auth = netrc.netrc(os.environ.get("NETRC"))  # None: ~/.netrc
     except (OSError, netrc.NetrcParseError):
         return False
     host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")

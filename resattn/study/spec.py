@@ -88,10 +88,6 @@ class Study:
         return tuple(self.reference.get(f.name, lvl) for f, lvl in zip(self.factors, levels))
 
 
-def _level_name(value: Any) -> str:
-    return str(value)
-
-
 def load_study(name: str, root: Path = ABLATIONS) -> Study:
     """Read and validate ``ablations/<name>.yaml``."""
     path = root / f"{name}.yaml"
@@ -112,16 +108,16 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     for fname, spec in raw["factors"].items():
         setting = FACTOR_SETTINGS.get(fname, f"model.{fname}")
         if isinstance(spec, list) and spec:
-            levels = {_level_name(v): {setting: v} for v in spec}
+            levels = {str(v): {setting: v} for v in spec}
         elif isinstance(spec, dict) and spec:
-            levels = {_level_name(k): check_settings(v, path, f"factors.{fname}.{k}") for k, v in spec.items()}
+            levels = {str(k): check_settings(v, path, f"factors.{fname}.{k}") for k, v in spec.items()}
         else:
             raise SpecError(path, f"factors.{fname}", "a non-empty list of values or a mapping of level -> settings")
         factors.append(Factor(fname, levels))
     reference = raw["reference"]
     if not isinstance(reference, dict):
         raise SpecError(path, "reference", "a mapping of factor -> reference level, e.g. {attention_learning: arl}")
-    reference = {str(k): _level_name(v) for k, v in reference.items()}
+    reference = {str(k): str(v) for k, v in reference.items()}
     names = {f.name: f for f in factors}
     for k, v in reference.items():
         if k not in names:
@@ -140,7 +136,7 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
         if not isinstance(node, dict):
             raise SpecError(path, key, f"a mapping keyed by levels of {factors[depth].name}")
         for level, child in node.items():
-            level = _level_name(level)
+            level = str(level)
             if level not in factors[depth].levels:
                 raise SpecError(
                     path, f"{key}.{level}", f"a level of {factors[depth].name} ({', '.join(factors[depth].levels)})"

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
-from resattn.data import CIFARDataModule
+from resattn.data import CIFARDataModule, normalize
 from resattn.machine import describe_device
 from resattn.module import ResidualAttentionClassifier
 from resattn.probes import mask_maps
@@ -152,11 +152,12 @@ def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", 
     data = CIFARDataModule(**config["data"])
     model = ResidualAttentionClassifier(**{**config["model"], "num_classes": data.num_classes})
     loggers = [CSVLogger(str(run_dir), name="", version="csv")]
-    wandb_info = {"mode": wandb_mode}
+    wandb_run, wandb_info = None, {"mode": wandb_mode}
     if wandb_mode != "disabled":
         try:
             loggers.append(wandb_logger(run, run_dir, wandb_mode, project, entity))
-            wandb_info.update(id=loggers[-1].experiment.id, dir=str(loggers[-1].experiment.dir))
+            wandb_run = loggers[-1].experiment
+            wandb_info.update(id=wandb_run.id, dir=str(wandb_run.dir))
         except Exception as err:  # W&B must never cost a result: the local logs carry on
             print(f"W&B failed to start ({type(err).__name__}: {err}); continuing with local logs.", flush=True)
             wandb_info["error"] = f"{type(err).__name__}: {err}"
@@ -181,19 +182,9 @@ def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", 
     probe = dict(model.probe_results)
     test = {k: float(v) for k, v in trainer.test(model, data, verbose=False)[0].items()}
     images = data.images("test", MASK_IMAGES)[0]
-    masks = mask_maps(model.net, next(iter(data.test_dataloader()))[0][:MASK_IMAGES])
+    masks = mask_maps(model.net, normalize(images, data.mean))
     np.savez_compressed(run_dir / "masks.npz", images=images.cpu().numpy(), **{k: v.numpy() for k, v in masks.items()})
     cost = model_cost(model.net)
-    for logger in loggers[1:]:
-        import wandb
-
-        logger.experiment.summary.update({"test_error": 100 * test["test/err1"], **cost})
-        logger.experiment.log(
-            {
-                "images": [wandb.Image(img.transpose(1, 2, 0)) for img in images.cpu().numpy()],
-                **{f"masks/{k}": [wandb.Image(m.numpy()) for m in v] for k, v in masks.items()},
-            }
-        )
     result = {
         **run,
         "status": "finished",
@@ -214,12 +205,26 @@ def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", 
         "wandb": wandb_info,
     }
     write_json_atomic(run_dir / "result.json", result)
-    if len(loggers) > 1:
-        import wandb
-
-        wandb.save(str(run_dir / "result.json"), base_path=str(run_dir), policy="now")
-        loggers[1].experiment.finish()
+    if wandb_run is not None:
+        finish_wandb(wandb_run, result, images, masks, run_dir)
     return result
+
+
+def finish_wandb(wandb_run, result: dict, images: torch.Tensor, masks: dict, run_dir: Path) -> None:
+    """Summary (test error, cost), test images and their attention masks as media, and result.json."""
+    import wandb
+
+    wandb_run.summary.update(
+        {"test_error": result["test_error"], **{k: result[k] for k in ("params", "macs", "flops")}}
+    )
+    wandb_run.log(
+        {
+            "images": [wandb.Image(img.transpose(1, 2, 0)) for img in images.cpu().numpy()],
+            **{f"masks/{k}": [wandb.Image(m.numpy()) for m in v] for k, v in masks.items()},
+        }
+    )
+    wandb_run.save(str(run_dir / "result.json"), base_path=str(run_dir), policy="now")
+    wandb_run.finish()
 
 
 def main(argv: list[str] | None = None) -> None:
