@@ -140,6 +140,15 @@ def normalize(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / 255.0
 
 
+def crop_flip(n: int, generator: torch.Generator, pad: int = PAD):
+    """The random draws of ``augment`` for ``n`` images: row and column shifts in [-pad, pad] and flips."""
+    dev = generator.device
+    dy = torch.randint(-pad, pad + 1, (n, 1), device=dev, generator=generator)
+    dx = torch.randint(-pad, pad + 1, (n, 1), device=dev, generator=generator)
+    flip = torch.rand((n, 1), device=dev, generator=generator) < 0.5
+    return dy, dx, flip
+
+
 def augment(images: torch.Tensor, mean: torch.Tensor, generator: torch.Generator, pad: int = PAD) -> torch.Tensor:
     """Pad, random crop, random horizontal flip and mean subtraction of a uint8 batch, in one gather.
 
@@ -149,9 +158,7 @@ def augment(images: torch.Tensor, mean: torch.Tensor, generator: torch.Generator
     """
     n, c, h, w = images.shape
     dev = images.device
-    dy = torch.randint(-pad, pad + 1, (n, 1), device=dev, generator=generator)
-    dx = torch.randint(-pad, pad + 1, (n, 1), device=dev, generator=generator)
-    flip = torch.rand((n, 1), device=dev, generator=generator) < 0.5
+    dy, dx, flip = crop_flip(n, generator, pad)
     rows = dy + torch.arange(h, device=dev)  # (n, h) source row of each output row
     ar = torch.arange(w, device=dev)
     cols = dx + torch.where(flip, w - 1 - ar, ar)  # (n, w)
@@ -165,9 +172,12 @@ def augment(images: torch.Tensor, mean: torch.Tensor, generator: torch.Generator
 class TensorBatches:
     """Mini-batches of an in-memory uint8 image tensor: seeded order, batched augmentation.
 
-    An iterable with a length, which Lightning accepts as a dataloader. Each pass draws its
-    permutation and augmentation from a generator seeded with ``(seed, epoch())``, so epochs repeat
-    exactly for the same seed; ``rank``/``world_size`` shard the indices for multi-device runs.
+    An iterable with a length, which Lightning accepts as a dataloader. Each training pass asks
+    ``position()`` for ``(epoch, batches of it already trained)`` and draws its permutation and
+    augmentation from a generator seeded with ``(seed, epoch)``, so epochs repeat exactly for the
+    same seed; the batches already trained are skipped with their random draws, so a run resumed
+    from a mid-epoch checkpoint sees exactly the batches it would have seen.
+    ``rank``/``world_size`` shard the indices for multi-device runs.
     """
 
     def __init__(
@@ -178,12 +188,12 @@ class TensorBatches:
         batch_size: int,
         train: bool,
         seed: int = 0,
-        epoch: Callable[[], int] = lambda: 0,
+        position: Callable[[], tuple[int, int]] = lambda: (0, 0),
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
         self.images, self.labels, self.mean = images, labels, mean
-        self.batch_size, self.train, self.seed, self.epoch = batch_size, train, seed, epoch
+        self.batch_size, self.train, self.seed, self.position = batch_size, train, seed, position
         self.rank, self.world_size = rank, world_size
 
     def _indices(self, generator: torch.Generator) -> torch.Tensor:
@@ -202,13 +212,17 @@ class TensorBatches:
         return math.ceil(math.ceil(n / self.world_size) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, skip = self.position() if self.train else (0, 0)
         generator = torch.Generator(device=self.images.device)
-        generator.manual_seed(self.seed * 1_000_003 + self.epoch())
+        generator.manual_seed(self.seed * 1_000_003 + epoch)
         idx = self._indices(generator)
-        for start in range(0, idx.numel(), self.batch_size):
+        for i, start in enumerate(range(0, idx.numel(), self.batch_size)):
             batch = idx[start : start + self.batch_size]
             if self.train and batch.numel() < self.batch_size:
                 break
+            if i < skip:  # trained before the checkpoint: draw its randomness, skip the work
+                crop_flip(len(batch), generator)
+                continue
             images = self.images[batch]
             x = augment(images, self.mean, generator) if self.train else normalize(images, self.mean)
             yield x, self.labels[batch]
@@ -327,10 +341,19 @@ class CIFARDataModule(L.LightningDataModule):
             self.hparams.batch_size if train else self.hparams.eval_batch_size,
             train=train,
             seed=self.hparams.seed,
-            epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            position=self._train_position,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
         )
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained), from the trainer's count of trained batches: right
+        after a resume from any checkpoint, also one saved mid-epoch."""
+        trainer = self.trainer
+        per_epoch = trainer.num_training_batches if trainer is not None else math.inf
+        if not 0 < per_epoch < math.inf:
+            return (trainer.current_epoch if trainer is not None else 0), 0
+        return divmod(trainer.fit_loop.epoch_loop.batch_progress.total.completed, int(per_epoch))
 
     def _folder_loader(self, split: str) -> torch.utils.data.DataLoader:
         from torchvision.transforms import v2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from resattn.config import AttentionLearning, Family, MaskStructure, ModelConfig, Normalization
@@ -89,7 +89,11 @@ class ResidualAttentionClassifier(L.LightningModule):
                 "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
             }
         )
+        metrics.persistent(True)  # metric states go into checkpoints: a resumed epoch counts every batch
         self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone() for _ in range(3))
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
+        for loss in (self.train_loss, self.val_loss, self.test_loss):
+            loss.persistent(True)
         self.probe = ResponseProbe()
         self.probe_results: dict[str, float] = {}
 
@@ -106,10 +110,14 @@ class ResidualAttentionClassifier(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self._metrics(split).update(logits.detach(), y)
-        self.log(f"{split}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=y.numel())
+        getattr(self, f"{split}_loss").update(loss.detach(), weight=y.numel())
         return loss
 
     def _log_metrics(self, split: str) -> None:
+        """Epoch metrics of a split (averaged over every device's batches), then a fresh start."""
+        loss = getattr(self, f"{split}_loss")
+        self.log(f"{split}/loss", loss.compute())
+        loss.reset()
         values = self._metrics(split).compute()
         self._metrics(split).reset()
         for name, acc in values.items():

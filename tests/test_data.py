@@ -68,7 +68,7 @@ def test_augmentation_is_a_valid_pad_crop_flip_with_mean_subtraction():
 
 def _batches(seed, epoch):
     x, y = make_synthetic(300, seed=3)
-    return TensorBatches(x, y, x.float().mean(0), 64, train=True, seed=seed, epoch=lambda: epoch)
+    return TensorBatches(x, y, x.float().mean(0), 64, train=True, seed=seed, position=lambda: (epoch, 0))
 
 
 def test_seeded_epochs_repeat_and_differ():

@@ -1,8 +1,13 @@
 """One study run in its own process: ``python -m resattn.study.train RUN_DIR [--wandb MODE ...]``.
 
-Reads ``RUN_DIR/run.json`` (written by the runner), trains with a Lightning Trainer, logs to CSV
-and Weights & Biases, and writes ``RUN_DIR/result.json`` atomically. Lines starting with
-``@progress`` on stdout are read by the runner for its progress display.
+The per-run entry point of every executor. Reads ``RUN_DIR/run.json`` (written by the runner),
+takes the run's lock (``RUN_DIR/lock``), resumes from ``RUN_DIR/checkpoints/last.ckpt`` if there
+is one, trains with a Lightning Trainer, logs to CSV and Weights & Biases, and writes
+``RUN_DIR/result.json`` atomically; ``RUN_DIR/progress.json`` tells the runner how far it is.
+
+Exit codes: 0 a result was written (finished or diverged) or already there; 75 another process
+holds the run's lock; 143 stopped by SIGTERM / Ctrl-C (checkpoint saved: run again to resume);
+74 a checkpoint could not be written (disk full); anything else: the run failed (see its log).
 """
 
 from __future__ import annotations
@@ -10,85 +15,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resattn.data import CIFARDataModule, normalize
 from resattn.machine import describe_device
 from resattn.module import ResidualAttentionClassifier
 from resattn.probes import mask_maps
-from resattn.study.results import write_json_atomic
+from resattn.study.callbacks import (
+    CheckpointError,
+    Diverged,
+    DivergenceGuard,
+    ResumeCheckpoint,
+    RunHistory,
+    StudyProgress,
+)
+from resattn.study.locks import RunLock
+from resattn.study.results import read_result, write_json_atomic
 from resattn.summary import model_cost
 
 MASK_IMAGES = 8  # test images whose attention masks are stored for the report's mask grid
+CHECKPOINT = "last.ckpt"
+EXIT_BUSY, EXIT_NO_CHECKPOINT, EXIT_INTERRUPTED = 75, 74, 143
 PACKAGES = ("resattn", "torch", "torchvision", "lightning", "torchmetrics", "wandb", "numpy")
-
-
-def progress(**fields) -> None:
-    print("@progress " + json.dumps(fields), flush=True)
-
-
-class StudyProgress(Callback):
-    """Reports progress to the runner and times the training steps (validation excluded)."""
-
-    def __init__(self) -> None:
-        self.train_time = 0.0
-        self.train_images = 0
-        self._start = None
-        self._every = 1
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._every = max(1, int(trainer.estimated_stepping_batches) // 50)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        metrics = {
-            k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k in ("train/loss", "val/err1")
-        }
-        progress(
-            epoch=trainer.current_epoch,
-            max_epochs=trainer.max_epochs,
-            fraction=trainer.global_step / max(1, trainer.estimated_stepping_batches),
-            **metrics,
-        )
-        self._start, self._batches = time.perf_counter(), 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._batches += 1
-        if trainer.global_step % self._every == 0:
-            progress(
-                epoch=trainer.current_epoch,
-                max_epochs=trainer.max_epochs,
-                fraction=trainer.global_step / max(1, trainer.estimated_stepping_batches),
-            )
-
-    def _stop(self, trainer, batch_size: int) -> None:
-        if self._start is None:
-            return
-        if trainer.current_epoch > 0 or trainer.max_epochs == 1:  # the first epoch is warm-up
-            self.train_time += time.perf_counter() - self._start
-            self.train_images += self._batches * batch_size
-        self._start = None
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.training:
-            self._stop(trainer, trainer.datamodule.hparams.batch_size)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._stop(trainer, trainer.datamodule.hparams.batch_size)
-
-    @property
-    def images_per_second(self) -> float | None:
-        return self.train_images / self.train_time if self.train_time else None
 
 
 def git_commit() -> str:
@@ -115,20 +77,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def epoch_metrics(csv_path: Path) -> list[dict]:
-    """Per-epoch rows of the CSV log: the first logged value of each metric in each epoch."""
-    if not csv_path.is_file():
-        return []
-    df = pd.read_csv(csv_path)
-    df = df.drop(columns=["step", *(c for c in df.columns if c.startswith("test/"))], errors="ignore")
-    rows = df.groupby("epoch").first().dropna(how="all").reset_index()
-    return [{k: (None if pd.isna(v) else float(v)) for k, v in row.items()} for row in rows.to_dict("records")]
+def wandb_logger(run: dict, run_dir: Path, mode: str, project: str, entity: str | None, resume: bool):
+    """A WandbLogger for this run, started now so that a failure is seen here, not mid-training.
 
-
-def wandb_logger(run: dict, run_dir: Path, mode: str, project: str, entity: str | None):
-    """A WandbLogger for this run, started now so that a failure is seen here, not mid-training."""
+    A run resumed from its checkpoint continues its W&B run (same id, ``resume="allow"``); a run
+    that starts from scratch gets a new W&B run whose config names the ids of abandoned earlier
+    attempts. The ids live in ``RUN_DIR/wandb.json``.
+    """
     from lightning.pytorch.loggers import WandbLogger
 
+    ids_path = run_dir / "wandb.json"
+    ids = json.loads(ids_path.read_text()) if ids_path.is_file() else {}
+    if not resume and ids.get("id"):
+        ids = {"abandoned": [*ids.get("abandoned", []), ids["id"]]}
+    extra = {"id": ids["id"], "resume": "allow"} if ids.get("id") else {}
     logger = WandbLogger(
         project=project,
         entity=entity,
@@ -136,32 +98,75 @@ def wandb_logger(run: dict, run_dir: Path, mode: str, project: str, entity: str 
         job_type=run["variant"],
         name=f"{run['variant']}-s{run['seed']}",
         tags=[f"{k}={v}" for k, v in run["levels"].items()] + [f"profile={run['profile']}"],
-        config=run,
+        config={**run, "abandoned_wandb_runs": ids.get("abandoned", [])},
         mode=mode,
         save_dir=str(run_dir),
+        **extra,
     )
-    logger.experiment  # noqa: B018 (starts the run)
+    experiment = logger.experiment
+    ids["id"] = experiment.id
+    ids.setdefault("segments", []).append(str(experiment.dir))
+    write_json_atomic(ids_path, ids)
     return logger
 
 
+def resume_checkpoint(path: Path) -> int | None:
+    """The step of the checkpoint at ``path`` if it is a readable Lightning checkpoint, else None; an
+    unreadable one is moved aside with a warning (the run then starts from scratch)."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        missing = {"state_dict", "loops", "optimizer_states", "global_step"} - set(ckpt)
+        if missing:
+            raise ValueError(f"not a resumable Lightning checkpoint (no {', '.join(sorted(missing))})")
+    except Exception as err:
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        warnings.warn(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); moved it to {aside.name} "
+            "and training this run from scratch.",
+            stacklevel=2,
+        )
+        return None
+    return int(ckpt["global_step"])
+
+
+class Interrupted(Exception):
+    """Training was stopped by SIGTERM (or Ctrl-C); ``step`` is that of the checkpoint saved then (or None)."""
+
+    def __init__(self, step: int | None) -> None:
+        super().__init__(step)
+        self.step = step
+
+
 def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", entity: str | None = None) -> dict:
+    """Train the run of ``run_dir`` (resuming from its checkpoint if it has one) and write its result.
+
+    Raises:
+        Interrupted: stopped by SIGTERM / Ctrl-C (a checkpoint was saved).
+        CheckpointError: a checkpoint could not be written (disk full, ...).
+    """
     run = json.loads((run_dir / "run.json").read_text())
     config = run["config"]
-    start = time.time()
-    L.seed_everything(run["seed"], workers=True)
+    L.seed_everything(run["seed"], workers=True, verbose=False)
     data = CIFARDataModule(**config["data"])
     model = ResidualAttentionClassifier(**{**config["model"], "num_classes": data.num_classes})
-    loggers = [CSVLogger(str(run_dir), name="", version="csv")]
+    path = run_dir / "checkpoints" / CHECKPOINT
+    step = resume_checkpoint(path)
+    ckpt_path = path if step is not None else None
+    history = RunHistory()
+    checkpoint = ResumeCheckpoint(path, history)
+    loggers = [CSVLogger(str(run_dir), name="csv")]  # version_0, version_1, ...: one per segment of a resumed run
     wandb_run, wandb_info = None, {"mode": wandb_mode}
-    if wandb_mode != "disabled":
+    if wandb_mode != "disabled" and rank_zero_only.rank == 0:
         try:
-            loggers.append(wandb_logger(run, run_dir, wandb_mode, project, entity))
+            loggers.append(wandb_logger(run, run_dir, wandb_mode, project, entity, resume=ckpt_path is not None))
             wandb_run = loggers[-1].experiment
             wandb_info.update(id=wandb_run.id, dir=str(wandb_run.dir))
         except Exception as err:  # W&B must never cost a result: the local logs carry on
             print(f"W&B failed to start ({type(err).__name__}: {err}); continuing with local logs.", flush=True)
             wandb_info["error"] = f"{type(err).__name__}: {err}"
-    timer = StudyProgress()
     trainer_settings = {
         "accelerator": "auto",
         "devices": 1,
@@ -171,75 +176,147 @@ def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", 
     trainer = L.Trainer(
         **trainer_settings,
         logger=loggers,
-        callbacks=[timer],
-        enable_checkpointing=False,
+        callbacks=[StudyProgress(run_dir / "progress.json"), history, DivergenceGuard(), checkpoint],
+        enable_checkpointing=True,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10**9,  # everything is logged per epoch: no per-step logging overhead
     )
-    trainer.fit(model, data)
+    if ckpt_path is not None:
+        history.resuming = {"from_step": step, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        print(f"Resuming from {ckpt_path} (step {step}).", flush=True)
+    try:
+        with warnings.catch_warnings():
+            # Resuming mid-epoch is exact here: the CIFAR batches skip what was trained (data.TensorBatches).
+            warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
+            trainer.fit(model, data, ckpt_path=ckpt_path, weights_only=False)
+    except SIGTERMException as stop:
+        raise Interrupted(checkpoint.saved_on_stop) from stop
+    except Diverged as err:
+        return write_result(run, run_dir, trainer, data, model, history, wandb_run, wandb_info, diverged=err)
+    return write_result(run, run_dir, trainer, data, model, history, wandb_run, wandb_info)
+
+
+def write_result(run, run_dir, trainer, data, model, history, wandb_run, wandb_info, diverged=None) -> dict:
+    """Test the final weights, store the masks, write ``result.json`` (rank zero only), finish W&B."""
     probe = dict(model.probe_results)
-    test = {k: float(v) for k, v in trainer.test(model, data, verbose=False)[0].items()}
-    images = data.images("test", MASK_IMAGES)[0]
-    masks = mask_maps(model.net, normalize(images, data.mean))
-    np.savez_compressed(run_dir / "masks.npz", images=images.cpu().numpy(), **{k: v.numpy() for k, v in masks.items()})
+    test, images, masks = {}, None, {}
+    if diverged is None:
+        test = {k: float(v) for k, v in trainer.test(model, data, verbose=False)[0].items()}
+    if not trainer.is_global_zero:
+        return {}
+    if diverged is None:
+        images = data.images("test", MASK_IMAGES)[0]
+        masks = mask_maps(model.net, normalize(images, data.mean))
+        np.savez_compressed(
+            run_dir / "masks.npz", images=images.cpu().numpy(), **{k: v.numpy() for k, v in masks.items()}
+        )
     cost = model_cost(model.net)
     result = {
         **run,
-        "status": "finished",
+        "status": "finished" if diverged is None else "diverged",
         "git_commit": git_commit(),
         "versions": package_versions(),
         "python": sys.version.split()[0],
         "device": describe_device(trainer.strategy.root_device),
-        "wall_time_s": time.time() - start,
-        "train_images_per_s": timer.images_per_second,
+        "world_size": trainer.world_size,
+        "wall_time_s": history.wall_time,
+        "train_images_per_s": history.images_per_second,
         "params": cost["params"],
         "macs": cost["macs"],
         "flops": cost["flops"],
-        "epochs": epoch_metrics(run_dir / "csv" / "metrics.csv"),
+        "epochs": history.epochs,
+        "resumes": history.resumes,
         "test": test,
-        "test_error": 100 * test["test/err1"],
+        "test_error": 100 * test["test/err1"] if test else None,
         "probe": probe,
         "noise_rate": data.noise_rate,
         "wandb": wandb_info,
     }
+    if diverged is not None:
+        result["diverged"] = {"step": diverged.step, "epoch": diverged.epoch, "loss": str(diverged.loss)}
     write_json_atomic(run_dir / "result.json", result)
     if wandb_run is not None:
         finish_wandb(wandb_run, result, images, masks, run_dir)
     return result
 
 
-def finish_wandb(wandb_run, result: dict, images: torch.Tensor, masks: dict, run_dir: Path) -> None:
-    """Summary (test error, cost), test images and their attention masks as media, and result.json."""
+def finish_wandb(wandb_run, result: dict, images: torch.Tensor | None, masks: dict, run_dir: Path) -> None:
+    """Summary (status, test error, cost), test images and their attention masks as media, and result.json."""
     import wandb
 
-    wandb_run.summary.update(
-        {"test_error": result["test_error"], **{k: result[k] for k in ("params", "macs", "flops")}}
-    )
-    wandb_run.log(
-        {
-            "images": [wandb.Image(img.transpose(1, 2, 0)) for img in images.cpu().numpy()],
-            **{f"masks/{k}": [wandb.Image(m.numpy()) for m in v] for k, v in masks.items()},
-        }
-    )
+    summary = {"status": result["status"], **{k: result[k] for k in ("params", "macs", "flops")}}
+    if result["test_error"] is not None:
+        summary["test_error"] = result["test_error"]
+    if "diverged" in result:
+        summary.update({f"diverged/{k}": v for k, v in result["diverged"].items()})
+    wandb_run.summary.update(summary)
+    if images is not None:
+        wandb_run.log(
+            {
+                "images": [wandb.Image(img.transpose(1, 2, 0)) for img in images.cpu().numpy()],
+                **{f"masks/{k}": [wandb.Image(m.numpy()) for m in v] for k, v in masks.items()},
+            }
+        )
     wandb_run.save(str(run_dir / "result.json"), base_path=str(run_dir), policy="now")
-    wandb_run.finish()
+    wandb_run.finish(exit_code=0 if result["status"] == "finished" else 1)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def watch_parent(expected: int | None) -> None:
+    """Stop like on SIGTERM (checkpoint, then exit) when the process that started this one dies, e.g.
+    a runner killed with SIGKILL: a daemon thread polls the parent pid every 2 s."""
+    parent = os.getppid()
+    if expected is not None and parent != expected:  # the runner died before this process started
+        sys.exit(EXIT_INTERRUPTED)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--wandb", choices=["online", "offline", "disabled"], default="offline")
     parser.add_argument("--project", default="resattn")
     parser.add_argument("--entity", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop (with a checkpoint) when it dies")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_SILENT", "true")
-    train(args.run_dir, args.wandb, args.project, args.entity)
+    # Ctrl-C stops like SIGTERM: after the current batch, with a checkpoint (a KeyboardInterrupt could
+    # land mid-step and leave a half-updated state behind).
+    signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    rank = rank_zero_only.rank  # from the environment: > 0 in processes Lightning starts for DDP
+    watch_parent(args.parent_pid if rank == 0 else None)
+    lock = RunLock(args.run_dir)
+    if rank == 0 and not lock.acquire():
+        print(f"{args.run_dir} is being trained by {lock.holder()}; not training it twice.", flush=True)
+        return EXIT_BUSY
+    try:
+        if rank == 0 and read_result(args.run_dir) is not None:
+            print(f"{args.run_dir} already has a result (finished by another runner).", flush=True)
+            return 0
+        result = train(args.run_dir, args.wandb, args.project, args.entity)
+    except Interrupted as stop:
+        where = f"checkpoint saved at step {stop.step}" if stop.step else "resumes from its last checkpoint"
+        print(f"Interrupted: {where}; run the same command again to continue.", flush=True)
+        return EXIT_INTERRUPTED
+    except CheckpointError as err:
+        print(f"error: {err}", flush=True)
+        return EXIT_NO_CHECKPOINT
+    finally:
+        lock.release()
+    if result.get("status") == "diverged":
+        print(f"Diverged: {result['diverged']}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
