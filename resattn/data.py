@@ -294,6 +294,17 @@ class CIFARDataModule(L.LightningDataModule):
         if hp.dataset in CIFAR and hp.download and cifar_folder(hp.data_dir, hp.dataset) is None:
             download_cifar(hp.data_dir, hp.dataset)
 
+    def verify(self) -> None:
+        """Fail now, with a clear error, if the data set is missing or corrupt (downloading it first
+        with ``download``); the study runner calls it once before any run starts."""
+        hp = self.hparams
+        if hp.dataset == "imagefolder":
+            for split in ("train", "val"):
+                torchvision.datasets.folder.find_classes(str(Path(hp.data_dir) / split))
+        elif hp.dataset in CIFAR:
+            for train in (True, False):
+                load_cifar(hp.data_dir, hp.dataset, train, download=hp.download)
+
     def _load(self, train: bool):
         hp = self.hparams
         if hp.dataset == "synthetic":

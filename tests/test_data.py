@@ -80,6 +80,15 @@ def test_seeded_epochs_repeat_and_differ():
     assert not torch.equal(a[0][1], c[0][1])
 
 
+@pytest.mark.parametrize("skip", [1, 3])
+def test_a_resumed_epoch_sees_exactly_the_batches_left(skip):
+    x, y = make_synthetic(300, seed=3)
+    full = list(TensorBatches(x, y, x.float().mean(0), 64, train=True, seed=5, position=lambda: (2, 0)))
+    rest = list(TensorBatches(x, y, x.float().mean(0), 64, train=True, seed=5, position=lambda: (2, skip)))
+    assert len(rest) == len(full) - skip
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[skip:], rest))
+
+
 def test_eval_batches_cover_every_image_once_in_order():
     x, y = make_synthetic(130, seed=3)
     batches = TensorBatches(x, y, x.float().mean(0), 50, train=False)

@@ -34,6 +34,16 @@ def header(study: Study, runs: list[Run], results: list[dict]) -> str:
     if missing:
         lines.append("")
         lines.append(f"Missing runs ({len(missing)}): " + ", ".join(missing))
+    diverged = [r for r in results if r.get("status") == "diverged"]
+    if diverged:
+        lines.append("")
+        lines.append(
+            f"Diverged runs ({len(diverged)}; non-finite training loss, left out of the statistics, counted in "
+            "the seeds column): "
+            + ", ".join(
+                f"{r['run_id']} at step {r['diverged']['step']} (loss {r['diverged']['loss']})" for r in diverged
+            )
+        )
     lines.append("")
     lines.append(
         "Δ vs ref: mean over matched seeds of (variant − reference) test error, in percentage points; "
@@ -70,18 +80,19 @@ def build_report(
     styles = plots.variant_styles(study)
     n_seeds = len({r["seed"] for r in results})
     subtitle = f"{study.name}, profile {runs[0].profile if runs else '?'}, {n_seeds} seed(s)"
+    finished = [r for r in results if r.get("status") == "finished"]  # curves and probes: diverged runs left out
     mask_files = {
         v: Path(runs_dir) / study.name / r["run_id"] / "masks.npz"
         for v in variants
-        for r in results
-        if r["variant"] == v and r["seed"] == min(x["seed"] for x in results)
+        for r in finished
+        if r["variant"] == v and r["seed"] == min(x["seed"] for x in finished)
     }
     for path in (
         plots.error_per_variant(df, subtitle, folder / "error.png"),
-        plots.learning_curves(results, styles, subtitle, folder / "curves.png"),
+        plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
         plots.error_vs_depth(df, study, subtitle, folder / "depth.png"),
-        plots.relative_response(results, styles, study.paper_response, subtitle, folder / "response.png"),
-        plots.mask_statistics(results, styles, subtitle, folder / "mask_stats.png"),
+        plots.relative_response(finished, styles, study.paper_response, subtitle, folder / "response.png"),
+        plots.mask_statistics(finished, styles, subtitle, folder / "mask_stats.png"),
         plots.mask_grid(mask_files, subtitle, folder / "masks.png"),
     ):
         if path is not None:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from resattn.study.results import atomic_path  # noqa: E402
 from resattn.study.spec import Study  # noqa: E402
 
 LINESTYLES = ("-", "--", "-.", ":")
@@ -35,9 +36,12 @@ def variant_styles(study: Study) -> dict[str, dict]:
     return styles
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def _save(fig, path: Path, tight: bool = True, **savefig) -> Path:
+    """Save atomically (a report being rewritten is never seen half-written), then close."""
+    if tight:
+        fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, **savefig)
     plt.close(fig)
     return path
 
@@ -249,6 +253,4 @@ def mask_grid(mask_files: dict[str, Path], subtitle: str, path: Path, images: in
         ax.set_yticks([])
     fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), shrink=0.9, label="mask value (mean over channels)")
     fig.suptitle(f"First-stage soft masks on test images\n{subtitle}", fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=False, bbox_inches="tight")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from resattn.study.results import atomic_path
+
 COLUMNS = {  # summary column -> heading of the human-readable tables
     "variant": "variant",
     "seeds": "seeds",
@@ -67,7 +69,10 @@ def write_tables(df: pd.DataFrame, header: str, folder: Path) -> list[Path]:
     """``table.md`` (with ``header``), ``table.csv`` (every statistic, full precision), ``table.tex``."""
     folder.mkdir(parents=True, exist_ok=True)
     md, csv, tex = folder / "table.md", folder / "table.csv", folder / "table.tex"
-    md.write_text(header + "\n\n" + markdown(df) + "\n")
-    df.to_csv(csv, index=False)
-    tex.write_text(readable(df).to_latex(index=False, escape=True, caption=header.splitlines()[0].lstrip("# ")))
+    with atomic_path(md) as tmp:
+        tmp.write_text(header + "\n\n" + markdown(df) + "\n")
+    with atomic_path(csv) as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(tex) as tmp:
+        tmp.write_text(readable(df).to_latex(index=False, escape=True, caption=header.splitlines()[0].lstrip("# ")))
     return [md, csv, tex]

@@ -1,7 +1,9 @@
 """The study runner: every variant x seed of a study, each in its own process, then the report.
 
-Finished runs (a readable ``result.json``) are skipped, so a study can be run again to fill in
-what is missing; ``force`` retrains, ``dry_run`` only lists.
+Finished runs (a readable ``result.json``) are skipped and interrupted runs resume from their
+checkpoints, so a study can be run again, after any interruption, to fill in what is missing;
+``force`` retrains, ``dry_run`` only lists. Several runners may work on one study at once: each
+run is trained by whichever holds its lock.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import json
 import netrc
 import os
-import subprocess
+import shutil
+import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from resattn.study.executors import EXECUTORS, LocalExecutor, RayExecutor, SlurmExecutor, Task, require
+from resattn.study.locks import RunLock, is_locked
 from resattn.study.results import read_result, write_json_atomic
-from resattn.study.spec import Run, expand, load_profile, load_study
+from resattn.study.spec import Run, check_data, expand, load_profile, load_study, validate_settings
+from resattn.study.train import CHECKPOINT, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_NO_CHECKPOINT
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -111,52 +116,79 @@ def run_dir_of(runs_dir: Path, run: Run) -> Path:
     return Path(runs_dir) / run.study / run.run_id
 
 
-def launch(
-    run: Run,
-    run_dir: Path,
-    index: int,
-    progress: Progress,
-    wandb_mode: str,
-    project: str,
-    entity: str | None,
-    threads: int | None,
-) -> bool:
-    """Train one run in a child process; True if it wrote its result."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "run.json", run.to_dict())
-    cmd = [sys.executable, "-m", "resattn.study.train", str(run_dir), "--wandb", wandb_mode, "--project", project]
-    if entity:
-        cmd += ["--entity", entity]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    progress.say(index, run.run_id, "started")
-    last_epoch = None
-    with open(run_dir / "train.log", "a") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in proc.stdout:
-            if line.startswith("@progress "):
-                info = json.loads(line[len("@progress ") :])
-                progress.update(run.run_id, info.get("fraction", 0.0))
-                if info.get("epoch") != last_epoch:
-                    last_epoch = info.get("epoch")
+class Monitor:
+    """Polls ``progress.json`` of the runs in flight (whatever the executor) and prints each new epoch."""
+
+    def __init__(self, progress: Progress, index: dict[str, int], every: float = 1.0) -> None:
+        self.progress, self.index, self.every = progress, index, every
+        self.active: dict[str, Path] = {}
+        self.epochs: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="progress")
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            for run_id, run_dir in list(self.active.items()):
+                try:
+                    info = json.loads((run_dir / "progress.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                self.progress.update(run_id, info.get("fraction", 0.0))
+                if info.get("epoch") != self.epochs.get(run_id) and run_id in self.active:
+                    self.epochs[run_id] = info.get("epoch")
                     extra = "".join(f", {k} {info[k]}" for k in ("train/loss", "val/err1") if k in info)
                     total = info.get("max_epochs") or -1  # -1: the run is bounded by max_steps
-                    epochs = f"{last_epoch + 1}/{total}" if total > 0 else f"{last_epoch + 1}"
-                    progress.say(index, run.run_id, f"epoch {epochs}{extra}")
-            else:
-                log.write(line)
-                log.flush()
-        code = proc.wait()
-    progress.finish(run.run_id)
-    result = read_result(run_dir)
-    if code != 0 or result is None:
-        tail = "".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:])
-        progress.say(index, run.run_id, f"FAILED (exit code {code}); log {run_dir / 'train.log'}:\n{tail}")
-        return False
-    progress.say(
-        index, run.run_id, f"finished: test error {result['test_error']:.2f}% in {fmt_time(result['wall_time_s'])}"
-    )
-    return True
+                    epoch = f"{info['epoch'] + 1}/{total}" if total > 0 else f"{info['epoch'] + 1}"
+                    self.progress.say(self.index[run_id], run_id, f"epoch {epoch}{extra}")
+
+
+def log_tail(run_dir: Path, lines: int = 15) -> str:
+    try:
+        return "".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def make_executor(
+    kind: str,
+    jobs: int,
+    runs_dir: Path,
+    study: str,
+    cpus_per_run: float | None,
+    gpus_per_run: float,
+    ray_address: str | None,
+    max_retries: int,
+    slurm: dict | None,
+):
+    if kind == "local":
+        threads = int(cpus_per_run) if cpus_per_run else (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+        return LocalExecutor(jobs=jobs, threads=threads)
+    if kind == "ray":
+        return RayExecutor(cpus=cpus_per_run or 1, gpus=gpus_per_run, address=ray_address, max_retries=max_retries)
+    if kind == "slurm":
+        slurm = dict(slurm or {})
+        cluster = slurm.pop("cluster", None)
+        return SlurmExecutor(
+            folder=Path(runs_dir) / study / "_slurm",
+            cpus=int(cpus_per_run or 1),
+            gpus=int(gpus_per_run),
+            jobs=jobs,
+            parameters=slurm,
+            cluster=cluster,
+        )
+    raise ValueError(f"--executor {kind!r}; allowed: {', '.join(EXECUTORS)}.")
+
+
+class StopRequested(Exception):
+    """The runner got SIGINT / SIGTERM: the workers were asked to checkpoint and stop."""
 
 
 def run_study(
@@ -173,41 +205,73 @@ def run_study(
     project: str = "resattn",
     entity: str | None = None,
     out=None,
+    executor: str = "local",
+    cpus_per_run: float | None = None,
+    gpus_per_run: float = 0,
+    ray_address: str | None = None,
+    max_retries: int = 1,
+    slurm: dict | None = None,
+    poll: float = 5.0,
 ) -> int:
-    """Train what is missing of a study, then write its report. Returns the number of failed runs."""
+    """Train what is missing of a study, then write its report. Returns the number of failed runs.
+
+    Runs with a result (finished or diverged) are skipped; a run with a checkpoint resumes from it;
+    a run whose lock another runner holds is left to it (and waited for at the end). A failed run
+    is retried up to ``max_retries`` times (from its checkpoint). Everything the runs will need is
+    checked first (settings, data), so bad input fails before anything is written.
+
+    Raises:
+        ValueError: bad input (unknown study / profile / setting, wrong type, missing data, ...).
+        StopRequested: SIGINT / SIGTERM arrived; the runs in flight saved checkpoints.
+    """
     out = out or sys.stdout
     study = load_study(study_name)
     prof = load_profile(profile)
     runs = expand(study, prof, seeds, overrides)
+    validate_settings(runs)
     wandb_mode = decide_wandb_mode(wandb)
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor {executor!r}; allowed: {', '.join(EXECUTORS)}.")
     todo = [r for r in runs if force or read_result(run_dir_of(runs_dir, r)) is None]
     print(
         f"Study {study.name} ({study.paper_table}: {study.title}); profile {prof.name}: {prof.description}.", file=out
     )
     for key, value in runs[0].reductions.items():
         print(f"  reduced: {key} = {value}", file=out)
+    resumable = [r for r in todo if (run_dir_of(runs_dir, r) / "checkpoints" / CHECKPOINT).is_file() and not force]
     print(
         f"{len(runs)} runs ({len(study.variants())} variants x {seeds or prof.seeds} seeds): "
-        f"{len(runs) - len(todo)} finished, {len(todo)} to train; W&B {wandb_mode}, project {project}.",
+        f"{len(runs) - len(todo)} finished, {len(todo)} to train ({len(resumable)} from a checkpoint); "
+        f"executor {executor}; W&B {wandb_mode}, project {project}.",
         file=out,
     )
     if dry_run:
         for run in runs:
-            state = "to train" if run in todo else "finished"
+            state = ("resumes" if run in resumable else "to train") if run in todo else "finished"
             print(f"  {run.run_id}  {state}  {run_dir_of(runs_dir, run)}", file=out)
         return 0
+    if todo:
+        check_data(todo)
+    if executor != "local":
+        require(executor)
     write_json_atomic(
         Path(runs_dir) / study.name / "latest.json",
         {"profile": prof.name, "seeds": seeds, "overrides": overrides or {}},
     )
+    options = ("--wandb", wandb_mode, "--project", project, *(("--entity", entity) if entity else ()))
+    for run in todo:
+        run_dir = run_dir_of(runs_dir, run)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "run.json", run.to_dict())
+        if force and not is_locked(run_dir):
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    tasks = {r.run_id: Task(r.run_id, run_dir_of(runs_dir, r), options) for r in todo}
     progress = Progress(study.name, {r.run_id: run_cost(r) for r in todo}, out)
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [
-            pool.submit(launch, run, run_dir_of(runs_dir, run), i, progress, wandb_mode, project, entity, threads)
-            for i, run in enumerate(todo, 1)
-        ]
-        failed = sum(not f.result() for f in futures)
+    index = {r.run_id: i for i, r in enumerate(todo, 1)}
+    pool = make_executor(
+        executor, jobs, runs_dir, study.name, cpus_per_run, gpus_per_run, ray_address, max_retries, slurm
+    )
+    failed = schedule(tasks, pool, progress, index, max_retries, poll, force)
     from resattn.report import build_report
 
     written = build_report(
@@ -216,5 +280,93 @@ def run_study(
     if written:
         print(f"Report: {', '.join(str(p) for p in written)}", file=out)
     if failed:
-        print(f"{failed} run(s) failed; run the same command again to retry them.", file=out)
+        print(f"{failed} run(s) failed; run the same command again to retry them (from their checkpoints).", file=out)
     return failed
+
+
+def schedule(
+    tasks: dict[str, Task], pool, progress: Progress, index: dict[str, int], max_retries: int, poll: float, force: bool
+) -> int:
+    """Train ``tasks`` with ``pool`` until each has a result, failed more than ``max_retries`` times,
+    or (for a run another runner holds) got its result from that runner. Returns the failures."""
+    attempts: dict[str, int] = {}
+    failed: set[str] = set()
+    stop = threading.Event()
+    forced = set(tasks) if force else set()
+
+    def started(task: Task) -> None:
+        monitor.active[task.run_id] = task.run_dir
+        verb = "started" if pool.name == "local" else f"submitted to {pool.name}"
+        again = f" (attempt {attempts[task.run_id] + 1})" if attempts.get(task.run_id) else ""
+        progress.say(index[task.run_id], task.run_id, verb + again)
+
+    def done(task: Task, code: int) -> None:
+        monitor.active.pop(task.run_id, None)
+        progress.finish(task.run_id)
+        result = read_result(task.run_dir)
+        i = index[task.run_id]
+        if code == 0 and result is not None:
+            forced.discard(task.run_id)
+            if result["status"] == "diverged":
+                d = result["diverged"]
+                progress.say(i, task.run_id, f"DIVERGED at step {d['step']} (loss {d['loss']}); recorded as such")
+            else:
+                progress.say(
+                    i,
+                    task.run_id,
+                    f"finished: test error {result['test_error']:.2f}% in {fmt_time(result['wall_time_s'])}",
+                )
+        elif code == EXIT_BUSY:  # another runner took its lock first: stays pending, waited for
+            progress.say(index[task.run_id], task.run_id, "taken by another runner meanwhile")
+        elif code in (EXIT_INTERRUPTED, -signal.SIGTERM) and stop.is_set():
+            progress.say(i, task.run_id, "stopped; its checkpoint is kept")
+        else:
+            attempts[task.run_id] = attempts.get(task.run_id, 0) + 1
+            retry = attempts[task.run_id] <= max_retries and not stop.is_set() and code != EXIT_NO_CHECKPOINT
+            progress.say(
+                i,
+                task.run_id,
+                f"FAILED (exit code {code}){'; retrying' if retry else ''}; log {task.run_dir / 'train.log'}:\n"
+                + log_tail(task.run_dir),
+            )
+            if not retry:
+                failed.add(task.run_id)
+
+    def on_signal(signum, frame) -> None:
+        if not stop.is_set():
+            print(
+                f"\n{signal.Signals(signum).name}: asking the runs in flight to save a checkpoint and stop ...",
+                file=progress.out,
+                flush=True,
+            )
+        stop.set()
+        pool.stop()
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        with Monitor(progress, index) as monitor:
+            pending = list(tasks)
+            announced: set[str] = set()
+            while pending and not stop.is_set():
+                # A run with a result now was finished by another runner (unless we retrain it: --force).
+                pending = [
+                    k for k in pending if k not in failed and (k in forced or read_result(tasks[k].run_dir) is None)
+                ]
+                free = [k for k in pending if not is_locked(tasks[k].run_dir)]
+                for k in sorted(set(pending) - set(free) - announced):
+                    holder = RunLock(tasks[k].run_dir).holder()
+                    progress.say(index[k], k, f"is being trained by {holder}: waiting for it")
+                    announced.add(k)
+                if free:
+                    pool.run([tasks[k] for k in free], started, done)
+                elif pending:
+                    stop.wait(poll)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop.is_set():
+        raise StopRequested(
+            "interrupted: the runs in flight saved checkpoints; run the same command again to continue."
+        )
+    return len(failed)

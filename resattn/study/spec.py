@@ -9,7 +9,9 @@ percent, nested in the order of the factors). Settings are the single-run CLI's 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -193,15 +195,20 @@ def load_profile(name: str, root: Path = ABLATIONS) -> Profile:
     )
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings from the command line; values are read as YAML (numbers, lists, ...)."""
+def parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings of a repeatable command-line flag; values are read as YAML (numbers, lists, ...)."""
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.width=0.5")
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. --set model.width=0.5")
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
-    return check_settings(out, "--set", "--set")
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` settings (``model.*``, ``data.*``, ``trainer.*``)."""
+    return check_settings(parse_pairs(items, "--set"), "--set", "--set")
 
 
 @dataclass(frozen=True)
@@ -268,7 +275,8 @@ def expand(
     paper_profile: Profile | None = None,
 ) -> list[Run]:
     """Every variant x seed of ``study`` under ``profile``, settings merged in this order:
-    profile, study, dataset, factor levels, command-line overrides, seed."""
+    profile, study, dataset, factor levels, command-line overrides, seed. A synthetic profile
+    swaps in the synthetic data set unless the command line names ``data.dataset``."""
     runs = []
     reduced = reductions(profile, load_profile("paper"))
     for key, value in (overrides or {}).items():
@@ -281,7 +289,7 @@ def expand(
             settings.update(factor.levels[level])
         settings.update(overrides or {})
         dataset = settings.get("data.dataset", "cifar10")
-        if profile.synthetic and dataset in NUM_CLASSES:
+        if profile.synthetic and dataset in NUM_CLASSES and "data.dataset" not in (overrides or {}):
             settings["data.dataset"] = "synthetic"
             settings["data.synthetic_classes"] = NUM_CLASSES[dataset]
         for seed in range(seeds or profile.seeds):
@@ -298,3 +306,60 @@ def expand(
                 )
             )
     return runs
+
+
+def validate_settings(runs: list[Run]) -> None:
+    """Check every run's settings against the signatures of the LightningModule, the data module and
+    the Trainer (with jsonargparse, as the single-run CLI does): an unknown name or a value of the
+    wrong type raises a ValueError naming the setting, before anything is written."""
+    import lightning as L
+    from jsonargparse import ArgumentParser
+
+    from resattn.data import CIFARDataModule
+    from resattn.module import ResidualAttentionClassifier
+
+    parser = ArgumentParser(exit_on_error=False)
+    classes = {"model": ResidualAttentionClassifier, "data": CIFARDataModule, "trainer": L.Trainer}
+    for section, cls in classes.items():
+        parser.add_class_arguments(cls, section)
+    checked = set()
+    for run in runs:
+        key = json.dumps(run.config, sort_keys=True, default=str)
+        if key in checked:
+            continue
+        checked.add(key)
+        for section, settings in run.config.items():
+            allowed = set(inspect.signature(classes[section]).parameters) - {"self"}
+            unknown = sorted(set(settings) - allowed)
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], allowed, n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ValueError(
+                    f"unknown setting {section}.{unknown[0]}{hint}; {section}.* settings are the arguments of "
+                    f"{classes[section].__name__}: {', '.join(sorted(allowed))}. Check {run.study}'s YAML, the "
+                    "profile and --set."
+                )
+        try:
+            parser.parse_object(run.config)
+        except Exception as err:  # jsonargparse's ArgumentError: names the key and the expected type
+            raise ValueError(
+                f"bad setting in run {run.variant}: {' '.join(str(err).split())}. Check {run.study}'s YAML, the "
+                "profile and --set."
+            ) from err
+
+
+def check_data(runs: list[Run]) -> None:
+    """Load (or download, with ``data.download``) every data set the runs use, once, so that missing
+    or corrupt data fails with the data module's message before any run starts."""
+    from resattn.data import CIFARDataModule
+
+    seen = set()
+    for run in runs:
+        data = run.config["data"]
+        key = (data.get("dataset", "cifar10"), data.get("data_dir", "data"), data.get("download", False))
+        if key not in seen:
+            seen.add(key)
+            try:
+                CIFARDataModule(**data).verify()
+            except (OSError, ValueError) as err:
+                raise ValueError(str(err)) from err

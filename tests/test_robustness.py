@@ -1,0 +1,241 @@
+"""A study survives interruption, concurrent runners, divergence and bad input (issue #5)."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from resattn.study.callbacks import CheckpointError, ensure_space
+from resattn.study.locks import RunLock, is_locked
+from resattn.study.results import write_json_atomic
+from resattn.study.runner import run_study
+from resattn.study.spec import expand, load_profile, load_study, parse_overrides
+from tests.conftest import write_cifar
+
+ROOT = Path(__file__).resolve().parents[1]
+# 3 epochs of 10 steps: long enough to interrupt mid-epoch, seconds per run.
+SHORT = ["trainer.max_epochs=3", "data.synthetic_size=[320, 64]", "data.eval_batch_size=16"]
+RUN = [sys.executable, str(ROOT / "studies" / "run.py"), "mask_structure", "--profile", "smoke", "--wandb", "offline"]
+
+
+def _run_dir(tmp_path: Path, name: str, overrides=SHORT) -> Path:
+    run = expand(load_study("mask_structure"), load_profile("smoke"), 1, parse_overrides(overrides))[0]
+    run_dir = tmp_path / name
+    write_json_atomic(run_dir / "run.json", run.to_dict())
+    return run_dir
+
+
+def _worker(run_dir: Path, *extra: str, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "resattn.study.train", str(run_dir), "--wandb", "offline", *extra]
+    return subprocess.Popen(cmd, stdout=open(run_dir / "train.log", "a"), stderr=subprocess.STDOUT, **popen)
+
+
+def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, (run_dir / "train.log").read_text()[-3000:]
+        try:
+            if json.loads((run_dir / "progress.json").read_text())["step"] >= step:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{run_dir} did not reach step {step}")
+
+
+def _result(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_result_of_an_uninterrupted_one(tmp_path):
+    reference = _run_dir(tmp_path, "reference")
+    assert _worker(reference).wait(timeout=300) == 0
+    run_dir = _run_dir(tmp_path, "interrupted")
+    proc = _worker(run_dir)
+    _wait_for_step(run_dir, 15, proc)  # mid-epoch 2: SIGTERM -> checkpoint after the current batch
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "result.json").exists()
+    proc = _worker(run_dir)
+    _wait_for_step(run_dir, 25, proc)  # SIGKILL: no warning at all; resumes from the last checkpoint
+    proc.kill()
+    proc.wait()
+    assert _worker(run_dir).wait(timeout=300) == 0
+
+    a, b = _result(reference), _result(run_dir)
+    assert [r["from_step"] for r in b["resumes"]] == [16, 20] and a["resumes"] == []
+    assert b["epochs"] == a["epochs"]  # every metric of every epoch, train and validation
+    assert b["test"] == a["test"] and b["probe"] == a["probe"]
+    # one W&B run, continued by each segment (same id), never a silent duplicate
+    ids = json.loads((run_dir / "wandb.json").read_text())
+    assert b["wandb"]["id"] == ids["id"] and len(ids["segments"]) == 3
+    assert all(ids["id"] in seg for seg in ids["segments"])
+
+
+@pytest.mark.slow
+def test_runner_killed_with_sigkill_continues_and_writes_each_result_once(tmp_path):
+    cmd = RUN + ["--seeds", "2", "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
+    cmd += [f"--set={s}" for s in SHORT]
+    study = tmp_path / "runs" / "mask_structure"
+    first = subprocess.Popen(cmd, stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
+    end = time.time() + 300
+    while not list(study.glob("*/result.json")):  # one run done ...
+        assert time.time() < end and first.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.1)
+    finished_before = {p.parent.name: p.stat().st_mtime for p in study.glob("*/result.json")}
+    while not (started := [d for d in study.glob("*/lock") if d.parent.name not in finished_before]):
+        assert time.time() < end and first.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.1)
+    in_flight = started[0].parent
+    _wait_for_step(in_flight, 15, first)  # ... and the next one mid-way
+    first.kill()  # SIGKILL: the runner cannot react; its worker sees it gone and checkpoints
+    first.wait()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    results = {p.parent.name: _result(p.parent) for p in study.glob("*/result.json")}
+    assert len(results) == 4 and all(r["status"] == "finished" for r in results.values())
+    assert not list(study.rglob("*.tmp*")), "a temporary file was left behind"
+    for name, mtime in finished_before.items():  # finished runs were not trained again
+        assert (study / name / "result.json").stat().st_mtime == mtime
+    assert results[in_flight.name]["resumes"][0]["from_step"] >= 15  # resumed, not restarted
+    assert f"{in_flight.name} started" in second.stdout
+    assert len(list((study / in_flight.name / "csv").glob("version_*"))) == 2  # two segments, no more
+    table = pd.read_csv(tmp_path / "reports" / "mask_structure" / "table.csv")
+    assert table["seeds"].tolist() == [2, 2]
+
+
+@pytest.mark.slow
+def test_two_runners_at_once_train_every_run_exactly_once(tmp_path):
+    cmd = RUN + ["--seeds", "2", "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    study = tmp_path / "runs" / "mask_structure"
+    runs = [d for d in study.iterdir() if d.is_dir() and not d.name.startswith("_")]
+    assert len(runs) == 4 and all(_result(d)["status"] == "finished" for d in runs)
+    for d in runs:  # one training segment each: nobody trained a run the other one had
+        assert len(list((d / "csv").glob("version_*"))) == 1, d.name
+        assert _result(d)["resumes"] == []
+    assert sum(o.count(" started") for o in outs) >= 4
+
+
+@pytest.mark.slow
+def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, capsys):
+    failed = run_study("mask_structure", "smoke", overrides=parse_overrides(["model.lr=1.0e+30"]),
+                       runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports", wandb="disabled")
+    out = capsys.readouterr().out
+    assert failed == 0, out
+    results = [_result(p.parent) for p in (tmp_path / "runs" / "mask_structure").glob("*/result.json")]
+    assert len(results) == 2 and {r["status"] for r in results} == {"diverged"}
+    for r in results:
+        assert r["diverged"]["step"] >= 1 and r["diverged"]["loss"] in ("nan", "inf", "-inf")
+        assert r["test_error"] is None
+    assert out.count("DIVERGED at step") == 2
+    report = tmp_path / "reports" / "mask_structure"
+    assert "Diverged runs (2" in (report / "table.md").read_text()
+    assert "(+1 diverged)" in (report / "table.md").read_text()
+    assert pd.read_csv(report / "table.csv")["diverged"].tolist() == [1, 1]
+    # diverged runs count as done: the same command trains nothing
+    assert run_study("mask_structure", "smoke", overrides=parse_overrides(["model.lr=1.0e+30"]),
+                     runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports", wandb="disabled") == 0
+    assert "2 finished, 0 to train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model.colour=red"], ["unknown setting model.colour", "depth", "width"]),
+        (["model.widht=0.5"], ["model.widht", "did you mean width"]),
+        (["model.width=abc"], ["model.width", "float", "abc"]),
+        (["model.attention_learning=xyz"], ["model.attention_learning", "'arl', 'nal', 'none'"]),
+        (["trainer.max_epochs=many"], ["trainer.max_epochs", "int"]),
+        (["data.dataset=cifar10", "data.data_dir=/nonexistent"], ["cifar10 not found", "/nonexistent", "download"]),
+    ],
+)
+def test_bad_input_fails_before_anything_is_written(tmp_path, overrides, words):
+    with pytest.raises(ValueError) as err:
+        run_study("mask_structure", "smoke", overrides=parse_overrides(overrides), runs_dir=tmp_path / "runs",
+                  reports_dir=tmp_path / "reports", wandb="disabled")
+    for word in words:
+        assert word in str(err.value)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+def test_corrupt_dataset_file_is_named_and_the_cli_exits_2(tmp_path):
+    write_cifar(tmp_path / "data")
+    (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    done = subprocess.run(
+        RUN + ["--runs-dir", str(tmp_path / "runs"), "--data_dir", str(tmp_path / "data"), "--set",
+               "data.dataset=cifar10"], capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2 and "data_batch_3 is not a readable CIFAR batch file" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_unreadable_checkpoint_is_moved_aside_and_wandb_failure_is_recorded(tmp_path, monkeypatch):
+    run_dir = _run_dir(tmp_path, "run", ["data.synthetic_size=[64, 32]"])
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"\0garbage")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["NETRC"] = str(tmp_path / "no-netrc")  # no W&B credentials: an online start fails at once
+    cmd = [sys.executable, "-m", "resattn.study.train", str(run_dir), "--wandb", "online"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = done.stdout + done.stderr
+    assert "is unreadable" in log and "from scratch" in log
+    aside = list((run_dir / "checkpoints").glob("last.ckpt.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"\0garbage"
+    result = _result(run_dir)
+    assert result["status"] == "finished" and result["resumes"] == []
+    assert "W&B failed to start" in log and result["wandb"]["mode"] == "online" and result["wandb"]["error"]
+
+
+def test_no_disk_space_for_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no disk space for the checkpoint .* MiB are free"):
+        ensure_space(tmp_path / "last.ckpt", needed=2**62)
+    ensure_space(tmp_path / "last.ckpt", needed=1024)  # plenty of room: no error
+
+
+@pytest.mark.slow
+def test_a_failing_checkpoint_write_stops_the_run_cleanly(tmp_path):
+    """A real write failure (the OS refuses a file over 64 KiB, as on a full disk): exit 74, a clear
+    message, no partial checkpoint, no result."""
+    run_dir = _run_dir(tmp_path, "run", ["data.synthetic_size=[64, 32]", "trainer.max_epochs=2"])
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = _worker(run_dir, "--wandb", "disabled", preexec_fn=limit_file_size)
+    assert proc.wait(timeout=300) == 74
+    log = (run_dir / "train.log").read_text()
+    assert "error: could not write the checkpoint" in log and "File too large" in log
+    assert not (run_dir / "result.json").exists()
+    assert not [p for p in (run_dir / "checkpoints").iterdir()], "a partial checkpoint was left behind"
+
+
+def test_a_run_lock_is_exclusive_and_freed_when_its_holder_is_killed(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from resattn.study.locks import RunLock; "
+         f"assert RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    lock = RunLock(tmp_path)
+    assert is_locked(tmp_path) and not lock.acquire()
+    assert f"pid {holder.pid}" in lock.holder()
+    holder.kill()  # SIGKILL: the lock file stays, but the lock dies with its holder (never stale)
+    holder.wait()
+    assert (tmp_path / "lock").exists() and not is_locked(tmp_path)
+    assert lock.acquire()
+    lock.release()
