@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument(
         "--gpus-per-run", type=float, default=0, help="GPUs per run (ray, slurm); see also trainer.devices"
     )
-    scale.add_argument("--ray-address", default=None, help="Ray cluster to join (default: running one, else local)")
+    scale.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster: auto (the one this machine belongs to) or HOST:PORT; default RAY_ADDRESS, else a local one",
+    )
     scale.add_argument("--max-retries", type=int, default=1, help="retries of a failed run, from its checkpoint")
     scale.add_argument(
         "--slurm",

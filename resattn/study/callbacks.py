@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -78,6 +79,7 @@ class RunHistory(Callback):
         self.train_time, self.train_images = 0.0, 0
         self.earlier_wall_time = 0.0
         self.resumes: list[dict] = []
+        self.started_at = datetime.now(timezone.utc).isoformat()  # of the first segment
         self.resuming: dict | None = None  # set before a resumed fit; appended to resumes once restored
         self._segment_start = time.time()
         self._epoch_start: float | None = None
@@ -131,12 +133,13 @@ class RunHistory(Callback):
             "train_images": self.train_images,
             "wall_time": self.wall_time,
             "resumes": self.resumes,
+            "started_at": self.started_at,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.epochs, self.resumes = state["epochs"], state["resumes"]
         self.train_time, self.train_images = state["train_time"], state["train_images"]
-        self.earlier_wall_time = state["wall_time"]
+        self.earlier_wall_time, self.started_at = state["wall_time"], state["started_at"]
 
 
 class ResumeCheckpoint(Checkpoint):

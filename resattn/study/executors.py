@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,9 +112,10 @@ class LocalExecutor:
 
 @dataclass
 class RayExecutor:
-    """Each run a Ray task with ``cpus``/``gpus`` per run, on the cluster at ``address`` (None: a
-    running cluster if there is one, else a local Ray instance). Ray retries a task lost with its
-    worker or node up to ``max_retries`` times; the run then resumes from its checkpoint."""
+    """Each run a Ray task with ``cpus``/``gpus`` per run, on the cluster at ``address`` (``auto``: the
+    cluster this machine belongs to; None: ``RAY_ADDRESS`` if set, else a new local Ray instance).
+    Ray resubmits a task lost with its worker or node up to ``max_retries`` times; the run then
+    resumes from its checkpoint."""
 
     cpus: float = 1
     gpus: float = 0
@@ -122,60 +124,78 @@ class RayExecutor:
     name: str = "ray"
     _refs: list = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._ray = require("ray")
+
     def run(self, tasks: list[Task], started: Callable[[Task], None], done: Callable[[Task, int], None]) -> None:
-        ray = require("ray")
-        if not ray.is_initialized():
-            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
-        remote = ray.remote(run_worker).options(
-            num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries, retry_exceptions=False
-        )
-        threads = max(1, int(self.cpus))
-        refs = {remote.remote(t, threads): t for t in tasks}
-        self._refs = list(refs)
-        for t in tasks:
-            started(t)
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            task = refs[ready[0]]
-            try:
-                code = ray.get(ready[0])
-            except ray.exceptions.TaskCancelledError:
-                code = -signal.SIGTERM
-            except ray.exceptions.RayError as err:  # lost with its node after max_retries, ...
-                print(f"{task.run_id}: Ray task failed: {type(err).__name__}: {err}", flush=True)
-                code = 1
-            done(task, code)
+        ray = self._ray
+        own = not ray.is_initialized()
+        if own:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            remote = ray.remote(run_worker).options(
+                num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries, retry_exceptions=False
+            )
+            refs = {remote.remote(t, max(1, int(self.cpus))): t for t in tasks}
+            self._refs = list(refs)
+            for t in tasks:
+                started(t)
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                task = refs[ready[0]]
+                try:
+                    code = ray.get(ready[0])
+                except ray.exceptions.TaskCancelledError:
+                    code = -signal.SIGTERM
+                except ray.exceptions.RayError as err:  # lost with its node after max_retries, ...
+                    print(f"{task.run_id}: Ray task failed: {type(err).__name__}: {err}", flush=True)
+                    code = 1
+                done(task, code)
+        finally:
+            if own:
+                ray.shutdown()
 
     def stop(self) -> None:
-        ray = require("ray")
         for ref in self._refs:
-            ray.cancel(ref)  # KeyboardInterrupt in the task: its worker gets SIGTERM and checkpoints
+            self._ray.cancel(ref)  # KeyboardInterrupt in the task: its worker gets SIGTERM and checkpoints
 
 
 @dataclass
 class SlurmExecutor:
-    """A submitit job array (one element per run, at most ``jobs`` at once) with ``cpus``/``gpus`` per
-    run and any other submitit parameter (``slurm_partition``, ``timeout_min``, ...) in
-    ``parameters``. ``cluster="local"`` runs the array on this machine (submitit's local executor)."""
+    """A submitit job array, one element per run, at most ``jobs`` at once, with ``cpus``/``gpus`` per
+    run; ``parameters`` go to submitit as they are (``slurm_partition``, ``timeout_min``, ...; and
+    ``cluster``: ``local`` runs the array on this machine with submitit's local executor). A run
+    with ``trainer.devices`` > 1 gets that many tasks per node (one per process, as Lightning
+    expects under SLURM) and ``trainer.num_nodes`` nodes."""
 
     folder: Path
     cpus: int = 1
     gpus: int = 0
     jobs: int = 1
     parameters: dict = field(default_factory=dict)
-    cluster: str | None = None
     name: str = "slurm"
     _jobs: list = field(default_factory=list)
 
-    def run(self, tasks: list[Task], started: Callable[[Task], None], done: Callable[[Task, int], None]) -> None:
-        submitit = require("slurm")
-        executor = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
+    def __post_init__(self) -> None:
+        self._submitit = require("slurm")
+        with tempfile.TemporaryDirectory() as scratch:  # bad parameters fail now, and nothing is written
+            self._executor(Path(scratch))
+
+    def _executor(self, folder: Path):
+        parameters = dict(self.parameters)
+        executor = self._submitit.AutoExecutor(folder=str(folder), cluster=parameters.pop("cluster", None))
         gpus = {"gpus_per_node": self.gpus} if self.gpus else {}
-        executor.update_parameters(
-            cpus_per_task=self.cpus, slurm_array_parallelism=self.jobs, **gpus, **self.parameters
-        )
-        self._jobs = executor.map_array(run_worker, tasks, [self.cpus] * len(tasks))
+        try:
+            executor.update_parameters(
+                cpus_per_task=self.cpus, slurm_array_parallelism=self.jobs, name="resattn", **gpus, **parameters
+            )
+        except Exception as err:  # submitit names the unknown or mistyped parameter
+            raise ValueError(f"--slurm: {' '.join(str(err).split())}") from err
+        return executor
+
+    def run(self, tasks: list[Task], started: Callable[[Task], None], done: Callable[[Task, int], None]) -> None:
+        self._jobs = self._executor(self.folder).map_array(run_worker, tasks, [self.cpus] * len(tasks))
         for t in tasks:
             started(t)
         for job, task in zip(self._jobs, tasks):

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from resattn.study.executors import EXECUTORS, LocalExecutor, RayExecutor, SlurmExecutor, Task, require
+from resattn.study.executors import EXECUTORS, LocalExecutor, RayExecutor, SlurmExecutor, Task
 from resattn.study.locks import RunLock, is_locked
 from resattn.study.results import read_result, write_json_atomic
 from resattn.study.spec import Run, check_data, expand, load_profile, load_study, validate_settings
@@ -159,30 +159,33 @@ def log_tail(run_dir: Path, lines: int = 15) -> str:
 
 def make_executor(
     kind: str,
+    runs: list[Run],
     jobs: int,
     runs_dir: Path,
-    study: str,
     cpus_per_run: float | None,
     gpus_per_run: float,
     ray_address: str | None,
     max_retries: int,
     slurm: dict | None,
 ):
+    """The executor of ``--executor``; a missing extra or a bad parameter fails here, before any run."""
     if kind == "local":
         threads = int(cpus_per_run) if cpus_per_run else (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
         return LocalExecutor(jobs=jobs, threads=threads)
     if kind == "ray":
         return RayExecutor(cpus=cpus_per_run or 1, gpus=gpus_per_run, address=ray_address, max_retries=max_retries)
     if kind == "slurm":
-        slurm = dict(slurm or {})
-        cluster = slurm.pop("cluster", None)
+        parameters = dict(slurm or {})
+        trainer = runs[0].config["trainer"]
+        if isinstance(trainer.get("devices"), int) and trainer["devices"] > 1:  # DDP: one SLURM task per process
+            parameters.setdefault("tasks_per_node", trainer["devices"])
+            parameters.setdefault("nodes", trainer.get("num_nodes", 1))
         return SlurmExecutor(
-            folder=Path(runs_dir) / study / "_slurm",
+            folder=Path(runs_dir) / runs[0].study / "_slurm",
             cpus=int(cpus_per_run or 1),
             gpus=int(gpus_per_run),
             jobs=jobs,
-            parameters=slurm,
-            cluster=cluster,
+            parameters=parameters,
         )
     raise ValueError(f"--executor {kind!r}; allowed: {', '.join(EXECUTORS)}.")
 
@@ -250,10 +253,13 @@ def run_study(
             state = ("resumes" if run in resumable else "to train") if run in todo else "finished"
             print(f"  {run.run_id}  {state}  {run_dir_of(runs_dir, run)}", file=out)
         return 0
-    if todo:
+    if not todo:
+        pool = None
+    else:
         check_data(todo)
-    if executor != "local":
-        require(executor)
+        pool = make_executor(
+            executor, todo, jobs, runs_dir, cpus_per_run, gpus_per_run, ray_address, max_retries, slurm
+        )
     write_json_atomic(
         Path(runs_dir) / study.name / "latest.json",
         {"profile": prof.name, "seeds": seeds, "overrides": overrides or {}},
@@ -268,10 +274,7 @@ def run_study(
     tasks = {r.run_id: Task(r.run_id, run_dir_of(runs_dir, r), options) for r in todo}
     progress = Progress(study.name, {r.run_id: run_cost(r) for r in todo}, out)
     index = {r.run_id: i for i, r in enumerate(todo, 1)}
-    pool = make_executor(
-        executor, jobs, runs_dir, study.name, cpus_per_run, gpus_per_run, ray_address, max_retries, slurm
-    )
-    failed = schedule(tasks, pool, progress, index, max_retries, poll, force)
+    failed = schedule(tasks, pool, progress, index, max_retries, poll, force) if todo else 0
     from resattn.report import build_report
 
     written = build_report(

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import warnings
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -221,6 +222,8 @@ def write_result(run, run_dir, trainer, data, model, history, wandb_run, wandb_i
         "python": sys.version.split()[0],
         "device": describe_device(trainer.strategy.root_device),
         "world_size": trainer.world_size,
+        "started_at": history.started_at,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
         "wall_time_s": history.wall_time,
         "train_images_per_s": history.images_per_second,
         "params": cost["params"],
