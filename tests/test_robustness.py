@@ -56,6 +56,11 @@ def _result(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_result_of_an_uninterrupted_one(tmp_path):
+    import wandb
+
+    # A W&B service in this process (as in a runner that logged a report): workers must not share it.
+    wandb.init(mode="offline", dir=str(tmp_path), project="resattn-test").finish()
+    assert "WANDB_SERVICE" in os.environ
     reference = _run_dir(tmp_path, "reference")
     assert _worker(reference).wait(timeout=300) == 0
     run_dir = _run_dir(tmp_path, "interrupted")
@@ -76,7 +81,7 @@ def test_an_interrupted_run_resumes_to_the_result_of_an_uninterrupted_one(tmp_pa
     assert b["test"] == a["test"] and b["probe"] == a["probe"]
     # one W&B run, continued by each segment (same id), never a silent duplicate
     ids = json.loads((run_dir / "wandb.json").read_text())
-    assert b["wandb"]["id"] == ids["id"] and len(ids["segments"]) == 3
+    assert b["wandb"].get("id") == ids["id"] and len(ids["segments"]) == 3, (b["wandb"], ids)
     assert all(ids["id"] in seg for seg in ids["segments"])
 
 
@@ -111,6 +116,30 @@ def test_runner_killed_with_sigkill_continues_and_writes_each_result_once(tmp_pa
     assert len(list((study / in_flight.name / "csv").glob("version_*"))) == 2  # two segments, no more
     table = pd.read_csv(tmp_path / "reports" / "mask_structure" / "table.csv")
     assert table["seeds"].tolist() == [2, 2]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_runner_with_checkpoints_and_the_same_command_continues(tmp_path):
+    cmd = RUN + ["--seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
+    cmd += [f"--set={s}" for s in SHORT]
+    runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    study = tmp_path / "runs" / "mask_structure"
+    end = time.time() + 300
+    while not list(study.glob("*/progress.json")):
+        assert time.time() < end and runner.poll() is None
+        time.sleep(0.1)
+    run_dir = next(study.glob("*/progress.json")).parent
+    _wait_for_step(run_dir, 12, runner)
+    runner.send_signal(signal.SIGINT)
+    out = runner.communicate(timeout=120)[0]
+    assert runner.returncode == 130, out
+    assert "SIGINT: asking the runs in flight to save a checkpoint" in out and "stopped; its checkpoint is kept" in out
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "result.json").exists()
+    assert not is_locked(run_dir)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 to train (1 from a checkpoint)" in again.stdout
+    assert _result(run_dir)["resumes"][0]["from_step"] >= 12
 
 
 @pytest.mark.slow

@@ -174,20 +174,18 @@ def make_executor(
         return LocalExecutor(jobs=jobs, threads=threads)
     if kind == "ray":
         return RayExecutor(cpus=cpus_per_run or 1, gpus=gpus_per_run, address=ray_address, max_retries=max_retries)
-    if kind == "slurm":
-        parameters = dict(slurm or {})
-        trainer = runs[0].config["trainer"]
-        if isinstance(trainer.get("devices"), int) and trainer["devices"] > 1:  # DDP: one SLURM task per process
-            parameters.setdefault("tasks_per_node", trainer["devices"])
-            parameters.setdefault("nodes", trainer.get("num_nodes", 1))
-        return SlurmExecutor(
-            folder=Path(runs_dir) / runs[0].study / "_slurm",
-            cpus=int(cpus_per_run or 1),
-            gpus=int(gpus_per_run),
-            jobs=jobs,
-            parameters=parameters,
-        )
-    raise ValueError(f"--executor {kind!r}; allowed: {', '.join(EXECUTORS)}.")
+    parameters = dict(slurm or {})  # slurm
+    trainer = runs[0].config["trainer"]
+    if isinstance(trainer.get("devices"), int) and trainer["devices"] > 1:  # DDP: one SLURM task per process
+        parameters.setdefault("tasks_per_node", trainer["devices"])
+        parameters.setdefault("nodes", trainer.get("num_nodes", 1))
+    return SlurmExecutor(
+        folder=Path(runs_dir) / runs[0].study / "_slurm",
+        cpus=int(cpus_per_run or 1),
+        gpus=int(gpus_per_run),
+        jobs=jobs,
+        parameters=parameters,
+    )
 
 
 class StopRequested(Exception):

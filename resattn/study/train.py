@@ -193,6 +193,9 @@ def train(run_dir: Path, wandb_mode: str = "offline", project: str = "resattn", 
             warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
             trainer.fit(model, data, ckpt_path=ckpt_path, weights_only=False)
     except SIGTERMException as stop:
+        if wandb_run is not None:  # this segment ends here; the next one continues the W&B run
+            wandb_run.mark_preempting()
+            wandb_run.finish(exit_code=EXIT_INTERRUPTED)
         raise Interrupted(checkpoint.saved_on_stop) from stop
     except Diverged as err:
         return write_result(run, run_dir, trainer, data, model, history, wandb_run, wandb_info, diverged=err)
@@ -293,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_SILENT", "true")
+    # A W&B service inherited from the runner would outlive this process and keep its run id "in use"
+    # for the next segment of this run: each worker starts its own, which ends with it.
+    os.environ.pop("WANDB_SERVICE", None)
     # Ctrl-C stops like SIGTERM: after the current batch, with a checkpoint (a KeyboardInterrupt could
     # land mid-step and leave a half-updated state behind).
     signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
