@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override any setting, e.g. --set model.width=0.5 (repeatable)",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel, each in its own process")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (local: processes; slurm: array parallelism)")
     parser.add_argument("--force", action="store_true", help="retrain runs that already have a result")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
     parser.add_argument(
