@@ -318,7 +318,7 @@ def schedule(
                     f"finished: test error {result['test_error']:.2f}% in {fmt_time(result['wall_time_s'])}",
                 )
         elif code == EXIT_BUSY:  # another runner took its lock first: stays pending, waited for
-            progress.say(index[task.run_id], task.run_id, "taken by another runner meanwhile")
+            progress.say(i, task.run_id, "taken by another runner meanwhile")
         elif code in (EXIT_INTERRUPTED, -signal.SIGTERM) and stop.is_set():
             progress.say(i, task.run_id, "stopped; its checkpoint is kept")
         else:
