@@ -1,15 +1,30 @@
-"""Single-run command line on LightningCLI: ``python -m resattn fit --model.depth 92 ...``."""
+"""Single-run command line on LightningCLI: ``python -m resattn fit --model.depth 92 ...``.
+
+A study run is built by the same parser (:func:`build_run`) from the config file the runner
+writes (``RunDir.config``), so ``python -m resattn fit --config runs/<study>/<run id>/config.yaml`` reproduces it.
+"""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
 from resattn.data import CIFARDataModule
 from resattn.module import ResidualAttentionClassifier
 
+CLASSES = {"model": ResidualAttentionClassifier, "data": CIFARDataModule}
+
 
 class ResAttnCLI(LightningCLI):
-    """LightningCLI whose model takes the data's class count; every switch is a validated flag."""
+    """LightningCLI whose model takes the data's class count; every switch is a validated flag. The
+    optimiser and schedule are the paper's (``configure_optimizers``), so there is no ``--optimizer``
+    flag to silently replace them, and no ``predict`` subcommand (the data has no predict split)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -21,11 +36,37 @@ class ResAttnCLI(LightningCLI):
 
 def cli_main(args: list[str] | None = None) -> ResAttnCLI:
     """Run ``fit`` (then test of the final weights), ``validate`` or ``test``; the resolved config is saved
-    as ``config.yaml`` in the run's log dir."""
+    as ``config.yaml`` in the run's log dir. A setting a class rejects (``--model.depth 128`` with the
+    ImageNet family) or a missing file (``--ckpt_path``) ends with one line and exit code 2."""
+    try:
+        return ResAttnCLI(
+            ResidualAttentionClassifier,
+            CIFARDataModule,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"num_sanity_val_steps": 0},
+            auto_configure_optimizers=False,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+def build_run(config: dict[str, Any] | list[str], **trainer_defaults: Any) -> ResAttnCLI:
+    """Parse and instantiate a run (model, data module, Trainer; seeded with ``seed_everything``)
+    exactly as ``python -m resattn fit`` does, without running it. ``config`` is a config dict or
+    command-line arguments (``["--config", path]``); ``trainer_defaults`` adds callbacks.
+
+    Raises:
+        jsonargparse.ArgumentError: a setting the parser rejects (unknown, wrong type or choice).
+    """
     return ResAttnCLI(
         ResidualAttentionClassifier,
         CIFARDataModule,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"num_sanity_val_steps": 0},
+        args=config,
+        run=False,
+        save_config_callback=None,
+        trainer_defaults=trainer_defaults,
+        parser_kwargs={"exit_on_error": False},
+        auto_configure_optimizers=False,
     )

@@ -18,6 +18,7 @@ ATTENTION_LEARNING = ("arl", "nal", "none")
 MASK_STRUCTURES = ("hourglass", "local_conv")
 NORMALIZATIONS = ("mixed", "channel", "spatial")
 FAMILIES = ("cifar", "imagenet")
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # the CIFAR data sets and their class counts
 
 
 @dataclass(frozen=True)

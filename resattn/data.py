@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,8 @@ import torch
 import torchvision
 from torchvision.datasets.utils import download_and_extract_archive
 
+from resattn.config import NUM_CLASSES
+
 Dataset = Literal["cifar10", "cifar100", "synthetic", "imagefolder"]
 
 # torchvision's dataset classes carry the official archive names, URLs and md5 sums.
@@ -26,7 +29,6 @@ CIFAR = {
     "cifar10": (torchvision.datasets.CIFAR10, [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
     "cifar100": (torchvision.datasets.CIFAR100, ["train"], ["test"], "fine_labels"),
 }
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 PAD = 4  # the paper's augmentation: pad 4, random 32x32 crop, horizontal flip
 
 
@@ -41,10 +43,18 @@ def cifar_folder(data_dir: str | Path, dataset: str) -> Path | None:
 
 
 def download_cifar(data_dir: str | Path, dataset: str) -> Path:
-    """Download and extract the official archive into ``data_dir``; its md5 is checked."""
+    """Download (with a progress bar) and extract the official archive into ``data_dir``; its md5 is
+    checked. A failed download leaves nothing behind: the folders it created are removed."""
     cls = CIFAR[dataset][0]
-    download_and_extract_archive(cls.url, str(data_dir), filename=cls.filename, md5=cls.tgz_md5)
-    return Path(data_dir) / cls.base_folder
+    data_dir = Path(data_dir).expanduser()
+    created = next((p for p in reversed([data_dir, *data_dir.parents]) if not p.exists()), None)
+    try:
+        download_and_extract_archive(cls.url, str(data_dir), filename=cls.filename, md5=cls.tgz_md5)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return data_dir / cls.base_folder
 
 
 def _missing_cifar(data_dir: str | Path, dataset: str, why: str = "") -> FileNotFoundError:
@@ -52,8 +62,9 @@ def _missing_cifar(data_dir: str | Path, dataset: str, why: str = "") -> FileNot
     data_dir = Path(data_dir).expanduser().resolve()
     return FileNotFoundError(
         f"{dataset} not found: looked for {data_dir / cls.base_folder} and for {data_dir} being that folder"
-        f"{why}. Either pass --data.download true on a machine with internet access, or download "
-        f"{cls.url} yourself and extract it into {data_dir} (so that {data_dir / cls.base_folder} exists)."
+        f"{why}. Point to a folder that holds it (a study: --data_dir DIR; a single run: --data.data_dir DIR), or "
+        f"download it on a machine with internet access (a study: --download; a single run: --data.download true), "
+        f"or download {cls.url} yourself and extract it into {data_dir}."
     )
 
 
@@ -294,16 +305,19 @@ class CIFARDataModule(L.LightningDataModule):
         if hp.dataset in CIFAR and hp.download and cifar_folder(hp.data_dir, hp.dataset) is None:
             download_cifar(hp.data_dir, hp.dataset)
 
-    def verify(self) -> None:
+    def verify(self) -> int | None:
         """Fail now, with a clear error, if the data set is missing or corrupt (downloading it first
-        with ``download``); the study runner calls it once before any run starts."""
+        with ``download``); returns the number of training images (None for image folders). The
+        study runner calls it once per data set before any run starts."""
         hp = self.hparams
         if hp.dataset == "imagefolder":
             for split in ("train", "val"):
                 torchvision.datasets.folder.find_classes(str(Path(hp.data_dir) / split))
-        elif hp.dataset in CIFAR:
-            for train in (True, False):
-                load_cifar(hp.data_dir, hp.dataset, train, download=hp.download)
+            return None
+        if hp.dataset == "synthetic":
+            return hp.synthetic_size[0]
+        load_cifar(hp.data_dir, hp.dataset, False, download=hp.download)
+        return len(load_cifar(hp.data_dir, hp.dataset, True, download=hp.download)[1])
 
     def _load(self, train: bool):
         hp = self.hparams

@@ -94,6 +94,7 @@ class ResidualAttentionClassifier(L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
         for loss in (self.train_loss, self.val_loss, self.test_loss):
             loss.persistent(True)
+        # a torchmetrics Metric: its sums are synced over the ranks in compute(), and are in no checkpoint
         self.probe = ResponseProbe()
         self.probe_results: dict[str, float] = {}
 
@@ -141,8 +142,8 @@ class ResidualAttentionClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
         if self.hparams.probes:
-            self.probe_results = self.probe.compute()
-            self.log_dict({f"probe/{k}": v for k, v in self.probe_results.items()})
+            self.probe_results = self.probe.compute()  # over every rank's batches: the same on each rank
+            self.log_dict({f"probe/{k}": v for k, v in self.probe_results.items()}, sync_dist=False)  # synced
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")

@@ -114,6 +114,36 @@ def test_sharding_splits_the_epoch_between_ranks():
     assert len(seen[0]) == len(seen[1]) == 128
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_training_shards_are_disjoint_and_cover_the_epoch(world):
+    """Each rank's training batches are its share of the one-device epoch permutation, cut to full rounds."""
+    n, batch = 101, 8
+    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8)
+
+    def loader(rank, world_size):
+        labels = torch.arange(n)  # a batch's labels are its image indices
+        return TensorBatches(
+            images,
+            labels,
+            torch.zeros(3, 8, 8),
+            batch,
+            train=True,
+            seed=7,
+            position=lambda: (3, 0),
+            rank=rank,
+            world_size=world_size,
+        )
+
+    permutation = torch.cat([y for _, y in loader(0, 1)])  # the epoch's order on one device
+    kept = n - n % (batch * world)  # drop_last: every rank gets the same number of full batches
+    shards = [[y for _, y in loader(rank, world)] for rank in range(world)]
+    assert all(len(s) == len(loader(0, world)) == kept // (batch * world) for s in shards)
+    assert all(len(y) == batch for s in shards for y in s)
+    seen = torch.cat([torch.cat(s) for s in shards])
+    assert len(seen) == kept and len(set(seen.tolist())) == kept  # disjoint
+    assert set(seen.tolist()) == set(permutation[:kept].tolist())  # exactly the epoch's first full rounds
+
+
 @pytest.mark.parametrize("n, batch, world", [(127, 2, 2), (200, 32, 2), (130, 32, 2), (64, 64, 1), (65, 8, 3)])
 def test_length_is_the_number_of_batches_yielded(n, batch, world):
     x, y = make_synthetic(n, seed=3)

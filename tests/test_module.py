@@ -79,3 +79,18 @@ def test_fit_on_cifar_files_reports_the_final_weights(tmp_path, cifar10_dir):
     assert reported == pytest.approx(direct)
     assert data.noise_rate is not None and 0 < data.noise_rate < 0.3
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_probe_results_are_logged_and_kept_out_of_checkpoints(tmp_path):
+    model = ResidualAttentionClassifier(width=0.125)
+    data = CIFARDataModule(dataset="synthetic", synthetic_size=(32, 13), eval_batch_size=8)
+    trainer = _trainer(tmp_path)
+    trainer.validate(model, data, verbose=False)
+    results = model.probe_results
+    assert results["stage1_rel"] == 1.0 and len(results) == 3 * 2 + 3 * 4
+    assert model.probe.stage_sums[:, 1].tolist() == [13, 13, 13]  # every image of both batches
+    assert all(trainer.callback_metrics[f"probe/{k}"].item() == pytest.approx(v) for k, v in results.items())
+    assert not model.probe._handles and not any(s._forward_hooks for s in model.net.stages)
+    state = model.state_dict()
+    assert not any(k.startswith("probe") for k in state)  # checkpoints of older and newer code load alike
+    ResidualAttentionClassifier(width=0.125).load_state_dict(state, strict=True)

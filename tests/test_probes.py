@@ -52,3 +52,45 @@ def test_probe_detaches_its_hooks():
 def test_mask_names_are_stage_and_module():
     net = build_model(ModelConfig(depth=92, width=0.125))
     assert list(mask_names(net)) == ["s1m1", "s1m2", "s2m1", "s2m2", "s3m1", "s3m2"]
+
+
+def _probe_on(net, *batches):
+    probe = ResponseProbe().attach(net)
+    with torch.no_grad():
+        for x in batches:
+            net(x)
+    probe.detach()
+    return probe
+
+
+def test_probe_states_are_sums_that_merge_across_shards():
+    """What DDP does in compute(): summing two shards' states gives the statistics of all the data."""
+    net = build_model(ModelConfig(depth=56, width=0.125)).eval()
+    a, b = torch.randn(3, 3, 32, 32), torch.randn(4, 3, 32, 32)  # shards of different sizes
+    whole = _probe_on(net, a, b).compute()
+    alone = _probe_on(net, a).compute()
+    shard = _probe_on(net, a)
+    shard.merge_state(_probe_on(net, b))
+    merged = shard.compute()
+    assert merged.keys() == whole.keys() and alone != whole
+    assert all(merged[k] == pytest.approx(whole[k], rel=1e-9, abs=1e-12) for k in whole)
+    assert all(fx.__name__ == "dim_zero_sum" for fx in shard._reductions.values())
+    assert shard.stage_sums.dtype == shard.mask_sums.dtype == torch.float64
+    assert shard.state_dict() == {}  # not persistent: in no checkpoint
+
+
+def test_probe_reset_clears_the_sums_and_attach_rebinds():
+    net = build_model(ModelConfig(depth=92, width=0.125)).eval()
+    probe = _probe_on(net, torch.randn(2, 3, 32, 32))
+    assert probe.stage_sums.shape == (3, 2) and probe.mask_sums.shape == (6, 5)
+    assert probe.stage_sums[:, 1].tolist() == [2, 2, 2]
+    probe.reset()
+    assert not probe.stage_sums.any() and not probe.mask_sums.any() and probe.compute() == {}
+    plain = build_model(ModelConfig(depth=56, width=0.125, attention_learning="none")).eval()
+    probe.attach(plain)
+    with torch.no_grad():
+        plain(torch.randn(2, 3, 32, 32))
+    result = probe.compute()
+    assert probe.mask_sums.shape == (0, 5) and sorted(result) == sorted(
+        [f"stage{i}_{k}" for i in (1, 2, 3) for k in ("mean_abs", "rel")]
+    )

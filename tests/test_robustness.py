@@ -12,12 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from resattn.commands import study_main
 from resattn.study.callbacks import CheckpointError, ensure_space
-from resattn.study.locks import RunLock, is_locked
-from resattn.study.results import write_json_atomic
-from resattn.study.runner import run_study
 from resattn.study.spec import expand, load_profile, load_study, parse_overrides
-from tests.conftest import write_cifar
+from resattn.study.store import RunDir, is_locked, study_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # 3 epochs of 10 steps: long enough to interrupt mid-epoch, seconds per run.
@@ -26,10 +24,10 @@ RUN = [sys.executable, str(ROOT / "studies" / "run.py"), "mask_structure", "--pr
 
 
 def _run_dir(tmp_path: Path, name: str, overrides=SHORT) -> Path:
-    run = expand(load_study("mask_structure"), load_profile("smoke"), 1, parse_overrides(overrides))[0]
-    run_dir = tmp_path / name
-    write_json_atomic(run_dir / "run.json", run.to_dict())
-    return run_dir
+    run = expand(load_study("mask_structure"), load_profile("smoke"), 1, parse_overrides(overrides),
+                 defaults={"trainer.precision": "32-true"})[0]
+    RunDir(tmp_path / name).write_spec(run)
+    return tmp_path / name
 
 
 def _worker(run_dir: Path, *extra: str, **popen) -> subprocess.Popen:
@@ -114,7 +112,7 @@ def test_runner_killed_with_sigkill_continues_and_writes_each_result_once(tmp_pa
     assert results[in_flight.name]["resumes"][0]["from_step"] >= 15  # resumed, not restarted
     assert f"{in_flight.name} started" in second.stdout
     assert len(list((study / in_flight.name / "csv").glob("version_*"))) == 2  # two segments, no more
-    table = pd.read_csv(tmp_path / "reports" / "mask_structure" / "table.csv")
+    table = pd.read_csv(next((tmp_path / "reports" / "mask_structure").iterdir()) / "table.csv")
     assert table["seeds"].tolist() == [2, 2]
 
 
@@ -135,7 +133,7 @@ def test_ctrl_c_stops_the_runner_with_checkpoints_and_the_same_command_continues
     assert runner.returncode == 130, out
     assert "SIGINT: asking the runs in flight to save a checkpoint" in out and "stopped; its checkpoint is kept" in out
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "result.json").exists()
-    assert not is_locked(run_dir)
+    assert not is_locked(RunDir(run_dir))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 to train (1 from a checkpoint)" in again.stdout
@@ -159,55 +157,23 @@ def test_two_runners_at_once_train_every_run_exactly_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, capsys):
-    failed = run_study("mask_structure", "smoke", overrides=parse_overrides(["model.lr=1.0e+30"]),
-                       runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports", wandb="disabled")
+    args = ["mask_structure", "--profile", "smoke", "--set", "model.lr=1.0e+30", "--runs-dir", str(tmp_path / "runs"),
+            "--reports-dir", str(tmp_path / "reports"), "--wandb", "disabled"]
+    assert study_main(args) == 0
     out = capsys.readouterr().out
-    assert failed == 0, out
-    results = [_result(p.parent) for p in (tmp_path / "runs" / "mask_structure").glob("*/result.json")]
-    assert len(results) == 2 and {r["status"] for r in results} == {"diverged"}
+    results = study_results(tmp_path / "runs", "mask_structure")
+    assert len(results) == 2 and {r.status for r in results} == {"diverged"}
     for r in results:
-        assert r["diverged"]["step"] >= 1 and r["diverged"]["loss"] in ("nan", "inf", "-inf")
-        assert r["test_error"] is None
+        assert r.diverged["step"] >= 1 and r.diverged["loss"] in ("nan", "inf", "-inf")
+        assert r.test_error is None
     assert out.count("DIVERGED at step") == 2
-    report = tmp_path / "reports" / "mask_structure"
+    report = next((tmp_path / "reports" / "mask_structure").iterdir())
     assert "Diverged runs (2" in (report / "table.md").read_text()
     assert "(+1 diverged)" in (report / "table.md").read_text()
     assert pd.read_csv(report / "table.csv")["diverged"].tolist() == [1, 1]
     # diverged runs count as done: the same command trains nothing
-    assert run_study("mask_structure", "smoke", overrides=parse_overrides(["model.lr=1.0e+30"]),
-                     runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports", wandb="disabled") == 0
+    assert study_main(args) == 0
     assert "2 finished, 0 to train" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "overrides, words",
-    [
-        (["model.colour=red"], ["unknown setting model.colour", "depth", "width"]),
-        (["model.widht=0.5"], ["model.widht", "did you mean width"]),
-        (["model.width=abc"], ["model.width", "float", "abc"]),
-        (["model.attention_learning=xyz"], ["model.attention_learning", "'arl', 'nal', 'none'"]),
-        (["trainer.max_epochs=many"], ["trainer.max_epochs", "int"]),
-        (["data.dataset=cifar10", "data.data_dir=/nonexistent"], ["cifar10 not found", "/nonexistent", "download"]),
-    ],
-)
-def test_bad_input_fails_before_anything_is_written(tmp_path, overrides, words):
-    with pytest.raises(ValueError) as err:
-        run_study("mask_structure", "smoke", overrides=parse_overrides(overrides), runs_dir=tmp_path / "runs",
-                  reports_dir=tmp_path / "reports", wandb="disabled")
-    for word in words:
-        assert word in str(err.value)
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
-
-
-def test_corrupt_dataset_file_is_named_and_the_cli_exits_2(tmp_path):
-    write_cifar(tmp_path / "data")
-    (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
-    done = subprocess.run(
-        RUN + ["--runs-dir", str(tmp_path / "runs"), "--data_dir", str(tmp_path / "data"), "--set",
-               "data.dataset=cifar10"], capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 2 and "data_batch_3 is not a readable CIFAR batch file" in done.stderr
-    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
@@ -251,20 +217,3 @@ def test_a_failing_checkpoint_write_stops_the_run_cleanly(tmp_path):
     assert "error: could not write the checkpoint" in log and "File too large" in log
     assert not (run_dir / "result.json").exists()
     assert not [p for p in (run_dir / "checkpoints").iterdir()], "a partial checkpoint was left behind"
-
-
-def test_a_run_lock_is_exclusive_and_freed_when_its_holder_is_killed(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from resattn.study.locks import RunLock; "
-         f"assert RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    assert holder.stdout.readline().strip() == "held"
-    lock = RunLock(tmp_path)
-    assert is_locked(tmp_path) and not lock.acquire()
-    assert f"pid {holder.pid}" in lock.holder()
-    holder.kill()  # SIGKILL: the lock file stays, but the lock dies with its holder (never stale)
-    holder.wait()
-    assert (tmp_path / "lock").exists() and not is_locked(tmp_path)
-    assert lock.acquire()
-    lock.release()

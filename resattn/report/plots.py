@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from resattn.study.results import atomic_path  # noqa: E402
 from resattn.study.spec import Study  # noqa: E402
+from resattn.study.store import RunResult, atomic_path  # noqa: E402
 
 LINESTYLES = ("-", "--", "-.", ":")
 
@@ -63,13 +63,13 @@ def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def learning_curves(results: list[dict], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
+def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = False
     for name, style in styles.items():
-        runs = [r for r in results if r["variant"] == name and r.get("epochs")]
+        runs = [r for r in results if r.variant == name and r.epochs]
         for ax, key in zip(axes, ("val/err1", "train/loss")):
-            curves = [[e.get(key) for e in r["epochs"]] for r in runs]
+            curves = [[e.get(key) for e in r.epochs] for r in runs]
             curves = [c for c in curves if c and all(v is not None for v in c)]
             if not curves:
                 continue
@@ -135,13 +135,13 @@ def error_vs_depth(df: pd.DataFrame, study: Study, subtitle: str, path: Path) ->
 
 
 def relative_response(
-    results: list[dict], styles: dict[str, dict], paper: dict[str, list[float]], subtitle: str, path: Path
+    results: list[RunResult], styles: dict[str, dict], paper: dict[str, list[float]], subtitle: str, path: Path
 ) -> Path | None:
     """Paper Fig. 4: each stage's mean absolute response divided by stage 1's."""
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     drawn = False
     for name, style in styles.items():
-        probes = [r["probe"] for r in results if r["variant"] == name and r.get("probe")]
+        probes = [r.probe for r in results if r.variant == name and r.probe]
         stages = sorted(
             int(k[5:-4]) for k in (probes[0] if probes else {}) if k.startswith("stage") and k.endswith("_rel")
         )
@@ -180,10 +180,10 @@ def relative_response(
     return _save(fig, path)
 
 
-def mask_statistics(results: list[dict], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
+def mask_statistics(results: list[RunResult], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
     stats = {}
     for name in styles:
-        probes = [r["probe"] for r in results if r["variant"] == name and r.get("probe")]
+        probes = [r.probe for r in results if r.variant == name and r.probe]
         modules = [k[:-5] for k in (probes[0] if probes else {}) if k.endswith("_mean") and k.startswith("s")]
         if modules:
             stats[name] = {

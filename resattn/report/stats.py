@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from resattn.study.spec import Study
+from resattn.study.store import RunResult
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -49,21 +50,21 @@ def paired_test(errors: dict[int, float], reference: dict[int, float]) -> tuple[
     )
 
 
-def summarise(study: Study, results: list[dict]) -> pd.DataFrame:
+def summarise(study: Study, results: list[RunResult]) -> pd.DataFrame:
     """One row per variant (in the study's order) with the statistics of its finished seeds."""
-    by_variant: dict[str, list[dict]] = {}
+    by_variant: dict[str, list[RunResult]] = {}
     for r in results:
-        by_variant.setdefault(r["variant"], []).append(r)
+        by_variant.setdefault(r.variant, []).append(r)
     rows = []
     for levels in study.variants():
         name = study.variant_name(levels)
         runs = by_variant.get(name, [])
-        finished = [r for r in runs if r.get("status") == "finished"]
-        errors = {r["seed"]: r["test_error"] for r in finished}
+        finished = [r for r in runs if r.status == "finished"]
+        errors = {r.seed: r.test_error for r in finished}
         values = np.array([errors[s] for s in sorted(errors)])
         ref_levels = study.reference_of(levels)
         ref_name = study.variant_name(ref_levels)
-        ref_errors = {r["seed"]: r["test_error"] for r in by_variant.get(ref_name, []) if r.get("status") == "finished"}
+        ref_errors = {r.seed: r.test_error for r in by_variant.get(ref_name, []) if r.status == "finished"}
         is_ref = ref_name == name
         diff, p, pairs = (math.nan, math.nan, 0) if is_ref else paired_test(errors, ref_errors)
         paper, paper_ref = study.paper.get(levels), study.paper.get(ref_levels)
@@ -75,13 +76,13 @@ def summarise(study: Study, results: list[dict]) -> pd.DataFrame:
         else:
             reproduced = "yes" if np.sign(diff) == np.sign(paper_diff) else "no"
         lo, hi = confidence_interval(values)
-        first = finished[0] if finished else {}
+        first = finished[0] if finished else None
         rows.append(
             {
                 "variant": name,
                 **dict(zip((f.name for f in study.factors), levels)),
                 "seeds": len(values),
-                "diverged": sum(r.get("status") == "diverged" for r in runs),
+                "diverged": sum(r.status == "diverged" for r in runs),
                 "error_mean": values.mean() if len(values) else math.nan,
                 "error_std": values.std(ddof=1) if len(values) > 1 else math.nan,
                 "ci95_low": lo,
@@ -93,10 +94,10 @@ def summarise(study: Study, results: list[dict]) -> pd.DataFrame:
                 "p_value": p,
                 "paper_diff": paper_diff,
                 "direction_reproduced": reproduced,
-                "params_m": first.get("params", math.nan) / 1e6 if first else math.nan,
-                "gflops": first.get("flops", math.nan) / 1e9 if first else math.nan,
-                "wall_time_min": np.mean([r["wall_time_s"] for r in finished]) / 60 if finished else math.nan,
-                "train_img_per_s": np.mean([r["train_images_per_s"] or math.nan for r in finished])
+                "params_m": first.params / 1e6 if first else math.nan,
+                "gflops": first.flops / 1e9 if first else math.nan,
+                "wall_time_min": np.mean([r.wall_time_s for r in finished]) / 60 if finished else math.nan,
+                "train_img_per_s": np.mean([r.train_images_per_s or math.nan for r in finished])
                 if finished
                 else math.nan,
             }

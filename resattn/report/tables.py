@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resattn.study.results import atomic_path
+from resattn.study.store import atomic_path
 
 COLUMNS = {  # summary column -> heading of the human-readable tables
     "variant": "variant",

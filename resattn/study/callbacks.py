@@ -1,19 +1,22 @@
 """Callbacks of a study run: progress for the runner, a history that survives resumes, resume
-checkpoints (every epoch and on SIGTERM / Ctrl-C) and the divergence guard."""
+checkpoints (every epoch and on SIGTERM / Ctrl-C) and the divergence guard. Wall time comes from
+Lightning's :class:`~lightning.pytorch.callbacks.Timer` (stateful: it sums the segments of a
+resumed run)."""
 
 from __future__ import annotations
 
 import math
 import shutil
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from resattn.study.results import write_json_atomic
+from resattn.study.store import write_json_atomic
 
 
 class Diverged(RuntimeError):
@@ -72,22 +75,22 @@ class StudyProgress(Callback):
 class RunHistory(Callback):
     """What a result needs from the whole run, kept in every checkpoint so that a resumed run ends
     with the same record as an uninterrupted one: one row of metrics per epoch, the training-step
-    time and images (first epoch excluded: warm-up), wall time of earlier segments and the resumes."""
+    time and images of every device (first epoch excluded: warm-up), the wall time of fitting
+    (from ``timer``, summed over segments) and the resumes."""
 
-    def __init__(self) -> None:
+    def __init__(self, timer: Timer) -> None:
+        self.timer = timer
         self.epochs: list[dict] = []
         self.train_time, self.train_images = 0.0, 0
-        self.earlier_wall_time = 0.0
         self.resumes: list[dict] = []
         self.started_at = datetime.now(timezone.utc).isoformat()  # of the first segment
         self.resuming: dict | None = None  # set before a resumed fit; appended to resumes once restored
-        self._segment_start = time.time()
         self._epoch_start: float | None = None
         self._batches = 0
 
     @property
     def wall_time(self) -> float:
-        return self.earlier_wall_time + time.time() - self._segment_start
+        return float(self.timer.time_elapsed("train"))
 
     @property
     def images_per_second(self) -> float | None:
@@ -116,7 +119,8 @@ class RunHistory(Callback):
             return
         if trainer.current_epoch > 0 or trainer.max_epochs == 1:  # the first epoch is warm-up
             self.train_time += time.perf_counter() - self._epoch_start
-            self.train_images += self._batches * trainer.datamodule.hparams.batch_size
+            # every device trains its own batch of batch_size images per step
+            self.train_images += self._batches * trainer.datamodule.hparams.batch_size * trainer.world_size
         self._epoch_start = None
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
@@ -131,7 +135,6 @@ class RunHistory(Callback):
             "epochs": self.epochs,
             "train_time": self.train_time,
             "train_images": self.train_images,
-            "wall_time": self.wall_time,
             "resumes": self.resumes,
             "started_at": self.started_at,
         }
@@ -139,7 +142,7 @@ class RunHistory(Callback):
     def load_state_dict(self, state: dict) -> None:
         self.epochs, self.resumes = state["epochs"], state["resumes"]
         self.train_time, self.train_images = state["train_time"], state["train_images"]
-        self.earlier_wall_time, self.started_at = state["wall_time"], state["started_at"]
+        self.started_at = state["started_at"]
 
 
 class ResumeCheckpoint(Checkpoint):
@@ -149,15 +152,20 @@ class ResumeCheckpoint(Checkpoint):
     atomic (Lightning saves to a temporary file and renames it); before each, the free disk space
     is checked, so a full disk stops the run with a clear error and the previous checkpoint stays.
 
-    A :class:`Checkpoint` subclass, so Lightning calls its ``on_train_epoch_end`` after the
-    LightningModule's (whose epoch metrics are then in ``trainer.callback_metrics``).
+    Hand-written rather than Lightning's ``ModelCheckpoint`` + ``OnExceptionCheckpoint`` because
+    exact resume needs what they do not give: the epoch is recorded in ``history`` before the
+    save (a :class:`Checkpoint` subclass runs after the LightningModule's epoch-end hook, so the
+    epoch's metrics are there), a checkpoint only on a stop request (not on divergence or a failed
+    write), the disk-space check, and a stop during validation deferred to the end of the epoch (a
+    checkpoint there would hold half a validation, which corrupted the next epoch's metrics).
     """
 
     def __init__(self, path: Path, history: RunHistory) -> None:
         self.path, self.history = Path(path), history
         self.saved_on_stop: int | None = None  # the step of the checkpoint saved on SIGTERM / Ctrl-C
         self._saved_step: int | None = None
-        self._deferred_stop = False
+        self._deferred: tuple | None = None  # a SIGTERM that arrived during validation
+        self._lightning_handler = None
 
     def save(self, trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,25 +176,27 @@ class ResumeCheckpoint(Checkpoint):
             raise CheckpointError(f"could not write the checkpoint {self.path}: {err}") from err
         self._saved_step = trainer.global_step
 
-    def _defer_stop(self, trainer) -> None:
-        # Lightning stops at the next validation batch on SIGTERM, and a checkpoint there would hold
-        # half a validation. Validation is short: the stop waits for the end of the epoch instead.
-        if trainer.training or trainer.state.fn != "fit" or not trainer.received_sigterm:
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Wrap Lightning's SIGTERM handler (registered just before training starts; Lightning puts the
+        original back at teardown): a SIGTERM during validation is held until the epoch's end."""
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
             return
-        trainer._signal_connector.received_sigterm = False
-        self._deferred_stop = True
+        self._lightning_handler = signal.getsignal(signal.SIGTERM)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._defer_stop(trainer)
+        def on_sigterm(signum, frame) -> None:
+            if trainer.validating:
+                self._deferred = (signum, frame)
+            else:
+                self._lightning_handler(signum, frame)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._defer_stop(trainer)
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.history.record_epoch(trainer)
         self.save(trainer)
-        if self._deferred_stop:  # Lightning stops right after the epoch's end hooks
-            trainer._signal_connector.received_sigterm = True
+        if self._deferred is not None:  # Lightning stops right after the epoch's end hooks
+            self._lightning_handler(*self._deferred)
+            self._deferred = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.global_step > 0:

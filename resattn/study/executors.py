@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from resattn.study.store import RunDir
 
 EXECUTORS = ("local", "ray", "slurm")
 EXTRAS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # executor -> (module, pip extra)
@@ -30,7 +33,7 @@ class Task:
     """One run to train: its folder and the worker's command-line options after RUN_DIR."""
 
     run_id: str
-    run_dir: Path
+    run_dir: RunDir
     options: tuple[str, ...] = ()
 
 
@@ -47,7 +50,7 @@ def run_worker(task: Task, threads: int | None = None) -> int:
     """Run the worker of ``task`` to its end, output appended to ``train.log``; its exit code. On
     KeyboardInterrupt (how Ray cancels a task) the worker is asked to stop with SIGTERM, so that it
     saves a checkpoint. The body of a ``ray`` task and of a ``slurm`` array element."""
-    with open(Path(task.run_dir) / "train.log", "a") as log:
+    with open(task.run_dir.log, "a") as log:
         proc = start_worker(task, threads, log)
         try:
             return proc.wait()
@@ -69,6 +72,23 @@ def require(executor: str):
         ) from err
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A Ray address ``HOST:PORT`` must answer before the study writes anything (``ray.init`` would
+    retry an unreachable one for good); ``auto`` and ``ray://`` addresses are left to Ray."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address {address!r}: expected auto or HOST:PORT, e.g. 10.0.0.1:6379.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(
+            f"--ray-address {address}: nothing answers there ({err.strerror or err}); start the cluster "
+            "(ray start --head) or give its address, or leave --ray-address out for a local Ray instance."
+        ) from err
+
+
 @dataclass
 class LocalExecutor:
     """Up to ``jobs`` runs at once on this machine, each a child process with ``threads`` CPU threads."""
@@ -83,7 +103,7 @@ class LocalExecutor:
     def _one(self, task: Task, started: Callable[[Task], None]) -> int:
         if self._stopping.is_set():
             return -signal.SIGTERM
-        with open(Path(task.run_dir) / "train.log", "a") as log:
+        with open(task.run_dir.log, "a") as log:
             # Its own session: Ctrl-C reaches the runner only, which asks each worker to stop (SIGTERM).
             with self._lock:
                 proc = start_worker(task, self.threads, log, start_new_session=True)
@@ -126,6 +146,7 @@ class RayExecutor:
 
     def __post_init__(self) -> None:
         self._ray = require("ray")
+        check_reachable(self.address or os.environ.get("RAY_ADDRESS"))
 
     def run(self, tasks: list[Task], started: Callable[[Task], None], done: Callable[[Task, int], None]) -> None:
         ray = self._ray

@@ -1,4 +1,4 @@
-"""The study runner: every variant x seed of a study, each in its own process, then the report.
+"""The study runner: every variant x seed of a study, each in its own process (on an executor).
 
 Finished runs (a readable ``result.json``) are skipped and interrupted runs resume from their
 checkpoints, so a study can be run again, after any interruption, to fill in what is missing;
@@ -9,50 +9,34 @@ run is trained by whichever holds its lock.
 from __future__ import annotations
 
 import json
-import netrc
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
+from resattn.study import wandb_runs
 from resattn.study.executors import EXECUTORS, LocalExecutor, RayExecutor, SlurmExecutor, Task
-from resattn.study.locks import RunLock, is_locked
-from resattn.study.results import read_result, write_json_atomic
-from resattn.study.spec import Run, check_data, expand, load_profile, load_study, validate_settings
-from resattn.study.train import CHECKPOINT, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_NO_CHECKPOINT
-
-WANDB_MODES = ("online", "offline", "disabled")
-
-
-def wandb_credentials() -> bool:
-    """Whether W&B credentials are configured here (env var or netrc), without any network call."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        auth = netrc.netrc(os.environ.get("NETRC"))  # None: ~/.netrc
-    except (OSError, netrc.NetrcParseError):
-        return False
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
-    return auth.authenticators(host) is not None
-
-
-def decide_wandb_mode(requested: str | None) -> str:
-    """The W&B mode, decided once before any run starts: the request, else WANDB_MODE, else
-    online with credentials and offline without (never a fallback after a failed online start)."""
-    mode = requested or os.environ.get("WANDB_MODE")
-    if mode == "dryrun":
-        mode = "offline"
-    if mode is None:
-        return "online" if wandb_credentials() else "offline"
-    if mode not in WANDB_MODES:
-        raise ValueError(f"--wandb {mode!r}; allowed: {', '.join(WANDB_MODES)}.")
-    return mode
+from resattn.study.preflight import check_folder
+from resattn.study.spec import Study, expand, load_profile, load_study
+from resattn.study.store import (
+    EXIT_BUSY,
+    EXIT_INTERRUPTED,
+    EXIT_NO_CHECKPOINT,
+    RunDir,
+    RunLock,
+    RunSpec,
+    is_locked,
+)
 
 
 def fmt_time(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f}s"
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"
@@ -61,59 +45,66 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def run_cost(run: Run) -> float:
-    """Rough relative cost of a run, for the ETA: depth x width^2 (x 1.5 with soft masks: the measured
-    MAC ratio of Attention-92 to its mask-free trunk) x training images x epochs (or steps x batch)."""
-    model = run.config["model"]
-    flops = model.get("depth", 56) * model.get("width", 1.0) ** 2
-    flops *= 1.0 if model.get("attention_learning") == "none" else 1.5
-    data, trainer = run.config["data"], run.config["trainer"]
-    if trainer.get("max_steps", -1) > 0:
-        return flops * trainer["max_steps"] * data.get("batch_size", 64)
-    images = data.get("train_size") or 50_000
-    return flops * images * trainer.get("max_epochs", 1)
-
-
 class Progress:
-    """Thread-safe progress of a study: per-run fractions weighted by run cost, printed with the ETA."""
+    """Thread-safe progress of a study: per-run fractions weighted by run cost, with the ETA; a tqdm
+    bar on a terminal, plain lines (with the share done and ETA) in a log."""
 
     def __init__(self, study: str, costs: dict[str, float], out) -> None:
         self.study, self.out = study, out
         self.total = len(costs)
         self.costs = {k: v / (sum(costs.values()) or 1) for k, v in costs.items()}
-        self.done = 0.0
+        self.done: set[str] = set()
         self.fractions: dict[str, float] = {}
         self.start = time.time()
         self.lock = threading.Lock()
+        tty = getattr(out, "isatty", lambda: False)()
+        self.bar = (
+            tqdm(total=100, desc=study, unit="%", file=out, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+            if tty and self.total
+            else None
+        )
+
+    def finished(self) -> float:
+        """Share of the study's cost done, in [0, 1]."""
+        done = sum(self.costs[k] for k in self.done)
+        return min(1.0, done + sum(self.costs[k] * f for k, f in self.fractions.items() if k not in self.done))
 
     def eta(self) -> str:
-        finished = self.done + sum(self.costs[k] * f for k, f in self.fractions.items())
+        finished = self.finished()
+        elapsed = time.time() - self.start
         if finished <= 0:
-            return "ETA unknown"
-        remaining = (time.time() - self.start) / finished * (1 - finished)
-        elapsed = fmt_time(time.time() - self.start)
-        return f"{100 * finished:.0f}% | elapsed {elapsed} | ETA {fmt_time(remaining)}"
+            return f"0% | elapsed {fmt_time(elapsed)} | ETA unknown"
+        return (
+            f"{100 * finished:.0f}% | elapsed {fmt_time(elapsed)} | ETA {fmt_time(elapsed / finished * (1 - finished))}"
+        )
 
     def say(self, index: int, run_id: str, message: str) -> None:
         with self.lock:
-            print(
-                f"[{self.study} {index}/{self.total}] {run_id} {message} | study {self.eta()}",
-                file=self.out,
-                flush=True,
-            )
+            line = f"[{self.study} {index}/{self.total}] {run_id} {message}"
+            if self.bar is not None:
+                self.bar.write(line, file=self.out)
+            else:
+                print(f"{line} | study {self.eta()}", file=self.out, flush=True)
+
+    def _refresh(self) -> None:
+        if self.bar is not None:
+            self.bar.n = round(100 * self.finished(), 1)
+            self.bar.refresh()
 
     def update(self, run_id: str, fraction: float) -> None:
         with self.lock:
             self.fractions[run_id] = min(max(fraction, 0.0), 1.0)
+            self._refresh()
 
     def finish(self, run_id: str) -> None:
         with self.lock:
             self.fractions.pop(run_id, None)
-            self.done += self.costs[run_id]
+            self.done.add(run_id)
+            self._refresh()
 
-
-def run_dir_of(runs_dir: Path, run: Run) -> Path:
-    return Path(runs_dir) / run.study / run.run_id
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class Monitor:
@@ -121,7 +112,7 @@ class Monitor:
 
     def __init__(self, progress: Progress, index: dict[str, int], every: float = 1.0) -> None:
         self.progress, self.index, self.every = progress, index, every
-        self.active: dict[str, Path] = {}
+        self.active: dict[str, RunDir] = {}
         self.epochs: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="progress")
@@ -138,7 +129,7 @@ class Monitor:
         while not self._stop.wait(self.every):
             for run_id, run_dir in list(self.active.items()):
                 try:
-                    info = json.loads((run_dir / "progress.json").read_text())
+                    info = json.loads(run_dir.progress.read_text())
                 except (OSError, ValueError):
                     continue
                 self.progress.update(run_id, info.get("fraction", 0.0))
@@ -150,16 +141,16 @@ class Monitor:
                     self.progress.say(self.index[run_id], run_id, f"epoch {epoch}{extra}")
 
 
-def log_tail(run_dir: Path, lines: int = 15) -> str:
+def log_tail(run_dir: RunDir, lines: int = 15) -> str:
     try:
-        return "".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-lines:])
+        return "".join(run_dir.log.read_text().splitlines(keepends=True)[-lines:])
     except OSError:
         return "(no log)"
 
 
 def make_executor(
     kind: str,
-    runs: list[Run],
+    runs: list[RunSpec],
     jobs: int,
     runs_dir: Path,
     cpus_per_run: float | None,
@@ -192,6 +183,33 @@ class StopRequested(Exception):
     """The runner got SIGINT / SIGTERM: the workers were asked to checkpoint and stop."""
 
 
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What a study invocation did: its runs (with resolved settings) and how many failed."""
+
+    study: Study
+    runs: list[RunSpec]
+    failed: int
+    wandb_mode: str
+
+
+def check_options(
+    seeds: int | None, jobs: int, cpus_per_run: float | None, gpus_per_run: float, max_retries: int, executor: str
+) -> None:
+    """The runner's own numeric and choice options (each named as its flag), before anything else."""
+    checks = [
+        ("--seeds", seeds, seeds is None or (isinstance(seeds, int) and seeds >= 1), "an integer >= 1"),
+        ("--jobs", jobs, isinstance(jobs, int) and jobs >= 1, "an integer >= 1"),
+        ("--cpus-per-run", cpus_per_run, cpus_per_run is None or cpus_per_run > 0, "a number > 0"),
+        ("--gpus-per-run", gpus_per_run, gpus_per_run >= 0, "a number >= 0"),
+        ("--max-retries", max_retries, isinstance(max_retries, int) and max_retries >= 0, "an integer >= 0"),
+        ("--executor", executor, executor in EXECUTORS, f"one of {', '.join(EXECUTORS)}"),
+    ]
+    for flag, value, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"{flag} {value!r}: must be {allowed}.")
+
+
 def run_study(
     study_name: str,
     profile: str = "quick",
@@ -201,7 +219,6 @@ def run_study(
     force: bool = False,
     dry_run: bool = False,
     runs_dir: Path = Path("runs"),
-    reports_dir: Path = Path("reports"),
     wandb: str | None = None,
     project: str = "resattn",
     entity: str | None = None,
@@ -213,33 +230,39 @@ def run_study(
     max_retries: int = 1,
     slurm: dict | None = None,
     poll: float = 5.0,
-) -> int:
-    """Train what is missing of a study, then write its report. Returns the number of failed runs.
-
-    Runs with a result (finished or diverged) are skipped; a run with a checkpoint resumes from it;
-    a run whose lock another runner holds is left to it (and waited for at the end). A failed run
-    is retried up to ``max_retries`` times (from its checkpoint). Everything the runs will need is
-    checked first (settings, data), so bad input fails before anything is written.
+) -> StudyOutcome:
+    """Train what is missing of a study. Runs with a result (finished or diverged) are skipped; a run
+    with a checkpoint resumes from it; a run whose lock another runner holds is left to it (and
+    waited for at the end). A failed run is retried up to ``max_retries`` times (from its
+    checkpoint). ``force`` retrains: earlier results and checkpoints are moved aside into the run's
+    ``attic/``, never deleted. Everything is checked first (options, settings, data, folders), so
+    bad input fails before anything is created, moved or deleted.
 
     Raises:
         ValueError: bad input (unknown study / profile / setting, wrong type, missing data, ...).
         StopRequested: SIGINT / SIGTERM arrived; the runs in flight saved checkpoints.
     """
     out = out or sys.stdout
+    check_options(seeds, jobs, cpus_per_run, gpus_per_run, max_retries, executor)
+    check_folder(runs_dir, "--runs-dir")
     study = load_study(study_name)
     prof = load_profile(profile)
-    runs = expand(study, prof, seeds, overrides)
-    validate_settings(runs)
-    wandb_mode = decide_wandb_mode(wandb)
-    if executor not in EXECUTORS:
-        raise ValueError(f"--executor {executor!r}; allowed: {', '.join(EXECUTORS)}.")
-    todo = [r for r in runs if force or read_result(run_dir_of(runs_dir, r)) is None]
+    wandb_mode = wandb_runs.decide_mode(wandb)
+    from resattn.study import preflight  # torch: only once the cheap checks passed
+
+    precision = preflight.default_precision(expand(study, prof, seeds, overrides))
+    runs = expand(study, prof, seeds, overrides, defaults={"trainer.precision": precision})
+    dirs = {r.run_id: RunDir.of(runs_dir, r) for r in runs}
+    has_result = {r.run_id: dirs[r.run_id].read_result() is not None for r in runs}  # a bad result: StoreError
+    todo = [r for r in runs if force or not has_result[r.run_id]]
+    resumable = [r for r in todo if not force and dirs[r.run_id].checkpoint.is_file()]
+    checked = preflight.check(todo or runs, runs_dir, jobs if executor == "local" else 1)
     print(
         f"Study {study.name} ({study.paper_table}: {study.title}); profile {prof.name}: {prof.description}.", file=out
     )
+    print(f"  precision {precision}; configuration {runs[0].configuration}", file=out)
     for key, value in runs[0].reductions.items():
         print(f"  reduced: {key} = {value}", file=out)
-    resumable = [r for r in todo if (run_dir_of(runs_dir, r) / "checkpoints" / CHECKPOINT).is_file() and not force]
     print(
         f"{len(runs)} runs ({len(study.variants())} variants x {seeds or prof.seeds} seeds): "
         f"{len(runs) - len(todo)} finished, {len(todo)} to train ({len(resumable)} from a checkpoint); "
@@ -249,85 +272,76 @@ def run_study(
     if dry_run:
         for run in runs:
             state = ("resumes" if run in resumable else "to train") if run in todo else "finished"
-            print(f"  {run.run_id}  {state}  {run_dir_of(runs_dir, run)}", file=out)
-        return 0
-    if not todo:
-        pool = None
-    else:
-        check_data(todo)
-        pool = make_executor(
-            executor, todo, jobs, runs_dir, cpus_per_run, gpus_per_run, ray_address, max_retries, slurm
-        )
-    write_json_atomic(
-        Path(runs_dir) / study.name / "latest.json",
-        {"profile": prof.name, "seeds": seeds, "overrides": overrides or {}},
+            print(f"  {run.run_id}  {state}  {dirs[run.run_id]}", file=out)
+        return StudyOutcome(study, runs, 0, wandb_mode)
+    pool = (
+        make_executor(executor, todo, jobs, runs_dir, cpus_per_run, gpus_per_run, ray_address, max_retries, slurm)
+        if todo
+        else None
     )
+    for run in todo:  # from here on, files are written
+        run_dir = dirs[run.run_id]
+        if force and not is_locked(run_dir) and (aside := run_dir.move_aside()) is not None:
+            print(f"  --force: moved the earlier result and checkpoint of {run.run_id} to {aside}", file=out)
+        run_dir.write_spec(run)
     options = ("--wandb", wandb_mode, "--project", project, *(("--entity", entity) if entity else ()))
-    for run in todo:
-        run_dir = run_dir_of(runs_dir, run)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "run.json", run.to_dict())
-        if force and not is_locked(run_dir):
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    tasks = {r.run_id: Task(r.run_id, run_dir_of(runs_dir, r), options) for r in todo}
-    progress = Progress(study.name, {r.run_id: run_cost(r) for r in todo}, out)
+    tasks = {r.run_id: Task(r.run_id, dirs[r.run_id], options) for r in todo}
+    progress = Progress(study.name, {r.run_id: checked.costs[r.run_id] for r in todo}, out)
     index = {r.run_id: i for i, r in enumerate(todo, 1)}
-    failed = schedule(tasks, pool, progress, index, max_retries, poll, force) if todo else 0
-    from resattn.report import build_report
-
-    written = build_report(
-        study, runs, runs_dir, reports_dir, wandb_mode=wandb_mode, project=project, entity=entity, out=out
-    )
-    if written:
-        print(f"Report: {', '.join(str(p) for p in written)}", file=out)
+    try:
+        failed = schedule(tasks, pool, progress, index, max_retries, poll) if todo else 0
+    finally:
+        progress.close()
     if failed:
         print(f"{failed} run(s) failed; run the same command again to retry them (from their checkpoints).", file=out)
-    return failed
+    return StudyOutcome(study, runs, failed, wandb_mode)
 
 
 def schedule(
-    tasks: dict[str, Task], pool, progress: Progress, index: dict[str, int], max_retries: int, poll: float, force: bool
+    tasks: dict[str, Task], pool, progress: Progress, index: dict[str, int], max_retries: int, poll: float
 ) -> int:
     """Train ``tasks`` with ``pool`` until each has a result, failed more than ``max_retries`` times,
     or (for a run another runner holds) got its result from that runner. Returns the failures."""
     attempts: dict[str, int] = {}
     failed: set[str] = set()
+    started_ids: set[str] = set()
     stop = threading.Event()
-    forced = set(tasks) if force else set()
 
     def started(task: Task) -> None:
         monitor.active[task.run_id] = task.run_dir
+        started_ids.add(task.run_id)
         verb = "started" if pool.name == "local" else f"submitted to {pool.name}"
         again = f" (attempt {attempts[task.run_id] + 1})" if attempts.get(task.run_id) else ""
         progress.say(index[task.run_id], task.run_id, verb + again)
 
     def done(task: Task, code: int) -> None:
         monitor.active.pop(task.run_id, None)
-        progress.finish(task.run_id)
-        result = read_result(task.run_dir)
         i = index[task.run_id]
-        if code == 0 and result is not None:
-            forced.discard(task.run_id)
-            if result["status"] == "diverged":
-                d = result["diverged"]
-                progress.say(i, task.run_id, f"DIVERGED at step {d['step']} (loss {d['loss']}); recorded as such")
+        if code == 0 and (result := task.run_dir.read_result()) is not None:
+            progress.finish(task.run_id)
+            if result.status == "diverged":
+                d = result.diverged or {}
+                progress.say(
+                    i, task.run_id, f"DIVERGED at step {d.get('step')} (loss {d.get('loss')}); recorded as such"
+                )
             else:
                 progress.say(
-                    i,
-                    task.run_id,
-                    f"finished: test error {result['test_error']:.2f}% in {fmt_time(result['wall_time_s'])}",
+                    i, task.run_id, f"finished: test error {result.test_error:.2f}% in {fmt_time(result.wall_time_s)}"
                 )
-        elif code == EXIT_BUSY:  # another runner took its lock first: stays pending, waited for
+        elif code == EXIT_BUSY:  # another runner took its lock first (or finished it): stays pending
             progress.say(i, task.run_id, "taken by another runner meanwhile")
+        elif stop.is_set() and task.run_id not in started_ids:
+            progress.say(i, task.run_id, "not started")
         elif code in (EXIT_INTERRUPTED, -signal.SIGTERM) and stop.is_set():
-            progress.say(i, task.run_id, "stopped; its checkpoint is kept")
+            kept = "its checkpoint is kept" if task.run_dir.checkpoint.is_file() else "it had no checkpoint yet"
+            progress.say(i, task.run_id, f"stopped; {kept}")
         else:
             attempts[task.run_id] = attempts.get(task.run_id, 0) + 1
             retry = attempts[task.run_id] <= max_retries and not stop.is_set() and code != EXIT_NO_CHECKPOINT
             progress.say(
                 i,
                 task.run_id,
-                f"FAILED (exit code {code}){'; retrying' if retry else ''}; log {task.run_dir / 'train.log'}:\n"
+                f"FAILED (exit code {code}){'; retrying' if retry else ''}; log {task.run_dir.log}:\n"
                 + log_tail(task.run_dir),
             )
             if not retry:
@@ -350,15 +364,15 @@ def schedule(
             pending = list(tasks)
             announced: set[str] = set()
             while pending and not stop.is_set():
-                # A run with a result now was finished by another runner (unless we retrain it: --force).
-                pending = [
-                    k for k in pending if k not in failed and (k in forced or read_result(tasks[k].run_dir) is None)
-                ]
+                # A run with a result now was finished (here or by another runner).
+                pending = [k for k in pending if k not in failed and tasks[k].run_dir.read_result() is None]
                 free = [k for k in pending if not is_locked(tasks[k].run_dir)]
                 for k in sorted(set(pending) - set(free) - announced):
                     holder = RunLock(tasks[k].run_dir).holder()
                     progress.say(index[k], k, f"is being trained by {holder}: waiting for it")
                     announced.add(k)
+                for k in set(tasks) - set(pending) - progress.done - failed:
+                    progress.finish(k)
                 if free:
                     pool.run([tasks[k] for k in free], started, done)
                 elif pending:

@@ -1,32 +1,47 @@
-"""Study specs (one YAML per paper table) and profiles, expanded into runs with stable ids.
+"""Study specs (one YAML per paper table) and profiles, expanded into run specs with stable ids.
 
 A study YAML has ``title``, ``paper_table``, optional ``dataset`` and ``settings``, ``factors``
 (a factor is a list of values of the setting it names, or a mapping of named levels to settings),
 ``reference`` (the level each variant is compared with) and ``paper`` (the paper's test error in
 percent, nested in the order of the factors). Settings are the single-run CLI's names:
-``model.*``, ``data.*``, ``trainer.*``.
+``model.*``, ``data.*``, ``trainer.*``. The shipped studies and ``profiles.yaml`` are package data
+(``resattn.ablations``, the repository's ``ablations/`` folder); a study may also be the path of a
+YAML file of one's own.
+
+No torch here: a typo in a study name or flag is answered at once.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import inspect
 import itertools
-import json
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from resattn.data import NUM_CLASSES
+from resattn.config import NUM_CLASSES
+from resattn.study.store import SECTIONS, RunSpec, is_identity
 
-ABLATIONS = Path(__file__).resolve().parents[2] / "ablations"
-SECTIONS = ("model", "data", "trainer")
+ABLATIONS = Path(str(files("resattn.ablations")))
+PROFILES = "profiles"  # ablations/profiles.yaml
 # Factor names that are not "model.<name>" settings.
 FACTOR_SETTINGS = {"dataset": "data.dataset", "label_noise": "data.label_noise"}
 STUDY_KEYS = {"title", "paper_table", "dataset", "settings", "factors", "reference", "paper", "paper_response"}
+# How a study run departs from the single-run CLI's defaults (lowest priority: profiles and --set
+# override them): CIFAR is downloaded when it is missing (md5 checked; without a network the study
+# stops before anything is written); one device, no progress bar, model summary or sanity check,
+# metrics per epoch only.
+RUN_DEFAULTS = {
+    "data.download": True,
+    "trainer.accelerator": "auto",
+    "trainer.devices": 1,
+    "trainer.enable_progress_bar": False,
+    "trainer.enable_model_summary": False,
+    "trainer.num_sanity_val_steps": 0,
+    "trainer.log_every_n_steps": 10**9,
+}
 
 
 class SpecError(ValueError):
@@ -37,7 +52,22 @@ class SpecError(ValueError):
 
 
 def available_studies(root: Path = ABLATIONS) -> list[str]:
-    return sorted(p.stem for p in root.glob("*.yaml") if p.stem != "profiles")
+    return sorted(p.stem for p in root.glob("*.yaml") if p.stem != PROFILES)
+
+
+def study_path(name: str, root: Path = ABLATIONS) -> Path:
+    """``root/<name>.yaml`` for a study name, or the file itself for a path to a YAML file."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ValueError(f"study file {path} does not exist.")
+        return path.resolve()
+    path = root / f"{name}.yaml"
+    if name == PROFILES or not path.is_file():
+        raise ValueError(
+            f"unknown study {name!r}; available: {', '.join(available_studies(root))} (or the path of a study YAML)."
+        )
+    return path
 
 
 def _read_yaml(path: Path) -> Any:
@@ -91,10 +121,9 @@ class Study:
 
 
 def load_study(name: str, root: Path = ABLATIONS) -> Study:
-    """Read and validate ``ablations/<name>.yaml``."""
-    path = root / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"unknown study {name!r}; available: {', '.join(available_studies(root))}.")
+    """Read and validate ``ablations/<name>.yaml``, or a study YAML given by its path."""
+    path = study_path(name, root)
+    name = path.stem
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(path, "<top level>", "a mapping with keys title, factors, reference, paper")
@@ -178,7 +207,7 @@ class Profile:
 
 
 def load_profile(name: str, root: Path = ABLATIONS) -> Profile:
-    path = root / "profiles.yaml"
+    path = root / f"{PROFILES}.yaml"
     profiles = _read_yaml(path)
     if name not in profiles:
         raise ValueError(f"unknown profile {name!r}; available: {', '.join(profiles)} (defined in {path}).")
@@ -211,35 +240,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return check_settings(parse_pairs(items, "--set"), "--set", "--set")
 
 
-@dataclass(frozen=True)
-class Run:
-    study: str
-    variant: str
-    levels: dict[str, str]
-    seed: int
-    config: dict[str, dict[str, Any]]  # resolved: {model: {...}, data: {...}, trainer: {...}}
-    profile: str
-    reductions: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def run_id(self) -> str:
-        """``<variant>-s<seed>-<hash>``: the hash covers the whole resolved config, so it is stable."""
-        digest = hashlib.sha1(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.variant}-s{self.seed}-{digest}"
-
-    def to_dict(self) -> dict:
-        return {
-            "study": self.study,
-            "variant": self.variant,
-            "levels": self.levels,
-            "seed": self.seed,
-            "run_id": self.run_id,
-            "profile": self.profile,
-            "config": self.config,
-            "reductions": self.reductions,
-        }
-
-
 def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in settings.items():
@@ -249,11 +249,14 @@ def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def reductions(profile: Profile, paper: Profile) -> dict[str, str]:
-    """How a profile departs from the paper protocol, one line per setting it changes."""
+    """How a profile departs from the paper protocol, one line per setting it changes that changes
+    results (where the data lies, say, is no reduction)."""
     if profile.name == paper.name:
         return {}
     out = {}
     for key, ours in profile.settings.items():
+        if not is_identity(key):
+            continue
         theirs = paper.settings.get(key)
         if theirs is None:
             if key == "trainer.max_epochs" and "trainer.max_steps" in paper.settings:
@@ -272,94 +275,41 @@ def expand(
     profile: Profile,
     seeds: int | None = None,
     overrides: dict | None = None,
-    paper_profile: Profile | None = None,
-) -> list[Run]:
+    defaults: dict | None = None,
+) -> list[RunSpec]:
     """Every variant x seed of ``study`` under ``profile``, settings merged in this order:
-    profile, study, dataset, factor levels, command-line overrides, seed. A synthetic profile
-    swaps in the synthetic data set unless the command line names ``data.dataset``."""
+    ``RUN_DEFAULTS``, ``defaults`` (e.g. the precision the runner resolved for this machine),
+    profile, study, dataset, factor levels, command-line overrides, seed. A synthetic profile swaps
+    in the synthetic data set unless the command line names ``data.dataset``."""
+    overrides = dict(overrides or {})
     runs = []
     reduced = reductions(profile, load_profile("paper"))
-    for key, value in (overrides or {}).items():
-        reduced[key] = f"{value} (command line)"
+    for key, value in overrides.items():
+        if is_identity(key):
+            reduced[key] = f"{value} (command line)"
     for levels in study.variants():
-        settings = {**profile.settings, **study.settings}
+        settings = {**RUN_DEFAULTS, **(defaults or {}), **profile.settings, **study.settings}
         if study.dataset:
             settings["data.dataset"] = study.dataset
         for factor, level in zip(study.factors, levels):
             settings.update(factor.levels[level])
-        settings.update(overrides or {})
+        settings.update(overrides)
         dataset = settings.get("data.dataset", "cifar10")
-        if profile.synthetic and dataset in NUM_CLASSES and "data.dataset" not in (overrides or {}):
+        if profile.synthetic and dataset in NUM_CLASSES and "data.dataset" not in overrides:
             settings["data.dataset"] = "synthetic"
             settings["data.synthetic_classes"] = NUM_CLASSES[dataset]
         for seed in range(seeds or profile.seeds):
-            config = _nest({**settings, "data.seed": seed, "data.noise_seed": seed})
+            config = {"seed_everything": seed, **_nest({**settings, "data.seed": seed, "data.noise_seed": seed})}
             runs.append(
-                Run(
-                    study.name,
-                    study.variant_name(levels),
-                    dict(zip((f.name for f in study.factors), levels)),
-                    seed,
-                    config,
-                    profile.name,
-                    reduced,
+                RunSpec(
+                    study=study.name,
+                    variant=study.variant_name(levels),
+                    levels=dict(zip((f.name for f in study.factors), levels)),
+                    seed=seed,
+                    profile=profile.name,
+                    config=config,
+                    overrides=overrides,
+                    reductions=reduced,
                 )
             )
     return runs
-
-
-def validate_settings(runs: list[Run]) -> None:
-    """Check every run's settings against the signatures of the LightningModule, the data module and
-    the Trainer (with jsonargparse, as the single-run CLI does): an unknown name or a value of the
-    wrong type raises a ValueError naming the setting, before anything is written."""
-    import lightning as L
-    from jsonargparse import ArgumentParser
-
-    from resattn.data import CIFARDataModule
-    from resattn.module import ResidualAttentionClassifier
-
-    parser = ArgumentParser(exit_on_error=False)
-    classes = {"model": ResidualAttentionClassifier, "data": CIFARDataModule, "trainer": L.Trainer}
-    for section, cls in classes.items():
-        parser.add_class_arguments(cls, section)
-    checked = set()
-    for run in runs:
-        key = json.dumps(run.config, sort_keys=True, default=str)
-        if key in checked:
-            continue
-        checked.add(key)
-        for section, settings in run.config.items():
-            allowed = set(inspect.signature(classes[section]).parameters) - {"self"}
-            unknown = sorted(set(settings) - allowed)
-            if unknown:
-                close = difflib.get_close_matches(unknown[0], allowed, n=3)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ValueError(
-                    f"unknown setting {section}.{unknown[0]}{hint}; {section}.* settings are the arguments of "
-                    f"{classes[section].__name__}: {', '.join(sorted(allowed))}. Check {run.study}'s YAML, the "
-                    "profile and --set."
-                )
-        try:
-            parser.parse_object(run.config)
-        except Exception as err:  # jsonargparse's ArgumentError: names the key and the expected type
-            raise ValueError(
-                f"bad setting in run {run.variant}: {' '.join(str(err).split())}. Check {run.study}'s YAML, the "
-                "profile and --set."
-            ) from err
-
-
-def check_data(runs: list[Run]) -> None:
-    """Load (or download, with ``data.download``) every data set the runs use, once, so that missing
-    or corrupt data fails with the data module's message before any run starts."""
-    from resattn.data import CIFARDataModule
-
-    seen = set()
-    for run in runs:
-        data = run.config["data"]
-        key = (data.get("dataset", "cifar10"), data.get("data_dir", "data"), data.get("download", False))
-        if key not in seen:
-            seen.add(key)
-            try:
-                CIFARDataModule(**data).verify()
-            except (OSError, ValueError) as err:
-                raise ValueError(str(err)) from err

@@ -1,0 +1,35 @@
+"""``python -m resattn`` (or the ``resattn`` console script):
+
+- ``study STUDY [...]``: train a study and write its report (``studies/run.py``);
+- ``report STUDY [...]``: rebuild a study's reports from stored results (``studies/report.py``);
+- ``summary [switches]``: a configuration's cost as JSON;
+- ``fit|validate|test [LightningCLI flags]``: train and evaluate one run.
+"""
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else argv
+    command, rest = (argv[0], argv[1:]) if argv else (None, [])
+    if command == "study":
+        from resattn.commands import study_main
+
+        return study_main(rest)
+    if command == "report":
+        from resattn.commands import report_main
+
+        return report_main(rest)
+    if command == "summary":
+        from resattn import summary
+
+        summary.main(rest)
+        return 0
+    from resattn.cli import cli_main
+
+    cli_main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The attention module of Wang et al. (CVPR 2017): trunk, soft mask branch, and the ARL / NAL rules.
+
+PAPER.md section 1 is the spec. One string-keyed factory per ablation switch: the soft mask's
+structure (``MASK_BODIES``), its normalisation (``NORMALIZERS``) and the attention learning rule
+(``LEARNING_RULES``); an unknown name fails naming the allowed ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resattn.layers import ResidualUnit, bn_relu_conv, residual_units
+
+# f2 divides by max(||x_i||_2, CHANNEL_EPS) (torch.nn.functional.normalize): unit norm wherever the
+# logits are not all ~0 at a position, and no division by zero where they are.
+CHANNEL_EPS = 1e-6
+# f3 standardises with the biased (population) variance plus SPATIAL_EPS, as BatchNorm does.
+SPATIAL_EPS = 1e-5
+
+
+def mixed_attention(logits: torch.Tensor) -> torch.Tensor:
+    """f1 (mixed attention): a sigmoid for every channel and position, so M is in (0, 1)."""
+    return torch.sigmoid(logits)
+
+
+def channel_attention(logits: torch.Tensor) -> torch.Tensor:
+    """f2 (channel attention): L2 normalisation across channels at each spatial position i.
+
+    No sigmoid: M can be negative, so (1 + M) lies in [0, 2].
+    """
+    return F.normalize(logits, p=2.0, dim=1, eps=CHANNEL_EPS)
+
+
+def spatial_attention(logits: torch.Tensor) -> torch.Tensor:
+    """f3 (spatial attention): sigmoid((x - mean_c) / std_c), mean and std over each channel's map.
+
+    Statistics are per sample and per channel (instance normalisation without affine parameters):
+    std_c = sqrt(biased variance + SPATIAL_EPS).
+    """
+    return torch.sigmoid(F.instance_norm(logits, eps=SPATIAL_EPS))
+
+
+NORMALIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mixed": mixed_attention,
+    "channel": channel_attention,
+    "spatial": spatial_attention,
+}
+
+
+def _lookup(table: dict, kind: str, what: str):
+    try:
+        return table[kind]
+    except KeyError:
+        raise ValueError(f"unknown {what} {kind!r}; allowed: {', '.join(map(repr, table))}.") from None
+
+
+def normalize_mask(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Apply the paper's attention normalisation f1 / f2 / f3 (section 3.3) to (N, C, H, W) logits.
+
+    Args:
+        logits: the soft mask head's output, shape (N, C, H, W).
+        kind: ``"mixed"`` (f1), ``"channel"`` (f2) or ``"spatial"`` (f3).
+    """
+    if logits.dim() != 4:
+        raise ValueError(f"normalize_mask expects an (N, C, H, W) tensor, got shape {tuple(logits.shape)}.")
+    return _lookup(NORMALIZERS, kind, "normalization")(logits)
+
+
+def upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinear upsampling to the runtime spatial size of ``like``.
+
+    align_corners=True reproduces Caffe's Interp layer used by the authors; sizes are taken at
+    run time, so odd input sizes work.
+    """
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def max_pool(x: torch.Tensor) -> torch.Tensor:
+    """The mask's down-sampling step: max-pool 3x3, stride 2, pad 1."""
+    return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class HourglassMask(nn.Module):
+    """Bottom-up top-down (encoder-decoder) body of the soft mask branch.
+
+    ``pools`` max-pools, r units after each; 2r units at the lowest resolution; on the way up,
+    upsample to the matching skip tensor, add that skip unit's output (nothing else), then r units;
+    the last upsample returns to the input's size. One skip unit per intermediate level.
+    """
+
+    def __init__(self, channels: int, pools: int, r: int) -> None:
+        super().__init__()
+        if pools < 1:
+            raise ValueError(f"an hourglass mask needs at least one pooling level, got pools={pools}.")
+        self.down = nn.ModuleList(residual_units(channels, r) for _ in range(pools - 1))
+        self.skips = nn.ModuleList(ResidualUnit(channels, channels) for _ in range(pools - 1))
+        self.bottom = residual_units(channels, 2 * r)
+        self.up = nn.ModuleList(residual_units(channels, r) for _ in range(pools - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        out = x
+        for down, skip in zip(self.down, self.skips):
+            out = down(max_pool(out))
+            skips.append(skip(out))
+        out = self.bottom(max_pool(out))
+        for up, skip in zip(self.up, reversed(skips)):
+            out = up(upsample_to(out, skip) + skip)
+        return upsample_to(out, x)
+
+
+class LocalConvMask(nn.Module):
+    """Local-convolution body (paper Table 4): three residual units, no down- or up-sampling."""
+
+    def __init__(self, channels: int, pools: int, r: int) -> None:  # same signature as HourglassMask
+        super().__init__()
+        self.units = residual_units(channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.units(x)
+
+
+MASK_BODIES: dict[str, type[nn.Module]] = {"hourglass": HourglassMask, "local_conv": LocalConvMask}
+
+
+class SoftMaskBranch(nn.Module):
+    """M(a): a mask body, the head BN-ReLU-1x1-BN-ReLU-1x1, then the normalisation f."""
+
+    def __init__(self, channels: int, structure: str, normalization: str, pools: int, r: int) -> None:
+        super().__init__()
+        self.body = _lookup(MASK_BODIES, structure, "mask_structure")(channels, pools, r)
+        self.head = nn.Sequential(bn_relu_conv(channels, channels, 1), bn_relu_conv(channels, channels, 1))
+        self.normalize = _lookup(NORMALIZERS, normalization, "normalization")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.head(self.body(x)))
+
+
+def attention_residual_learning(mask: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+    """ARL, Eq. 3: H = (1 + M) * T."""
+    return (1 + mask) * trunk
+
+
+def naive_attention_learning(mask: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+    """NAL, Eq. 1: H = M * T."""
+    return mask * trunk
+
+
+LEARNING_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] = {
+    "arl": attention_residual_learning,
+    "nal": naive_attention_learning,
+    "none": None,  # no mask: H = T, the plain residual trunk (the ResNet baseline)
+}
+
+
+class AttentionModule(nn.Module):
+    """Attention Module (p, t, r), paper section 3.
+
+    a = RU^p(x); T = RU^t(a); M = mask(a); H = (1 + M) * T (ARL) or M * T (NAL); out = RU^p(H).
+    With ``attention_learning="none"`` there is no mask branch and H = T.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        attention_learning: str = "arl",
+        mask_structure: str = "hourglass",
+        normalization: str = "mixed",
+        pools: int = 1,
+        p: int = 1,
+        t: int = 2,
+        r: int = 1,
+    ) -> None:
+        super().__init__()
+        self.learning_rule = _lookup(LEARNING_RULES, attention_learning, "attention_learning")
+        self.pre = residual_units(channels, p)
+        self.trunk = residual_units(channels, t)
+        self.mask = None
+        if self.learning_rule is not None:
+            self.mask = SoftMaskBranch(channels, mask_structure, normalization, pools, r)
+        self.post = residual_units(channels, p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.pre(x)
+        trunk = self.trunk(a)
+        h = trunk if self.mask is None else self.learning_rule(self.mask(a), trunk)
+        return self.post(h)

@@ -1,0 +1,162 @@
+"""The LightningModule: loss, metrics, the paper's optimiser and schedule, probes."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from resattn.config import AttentionLearning, Family, MaskStructure, ModelConfig, Normalization
+from resattn.network import build_model
+from resattn.probes import ResponseProbe
+
+
+class ResidualAttentionClassifier(L.LightningModule):
+    """Trains a Residual Attention Network with the paper's CIFAR protocol (PAPER.md section 5).
+
+    Nesterov SGD (momentum 0.9, weight decay 1e-4); the learning rate is divided by 10 at 40% and
+    60% of the total optimiser steps (the paper's 64k and 96k of 160k). Metrics are logged per
+    epoch as ``{train,val,test}/{loss,acc1,acc5,err1,err5}``; probes (``probe/...``) run on the
+    validation data. The test error is that of the weights at the end of training: no checkpoint
+    is selected on test or validation data.
+
+    Args:
+        depth, attention_learning, mask_structure, normalization, family, num_classes, width, p, t,
+            r: the network, see :class:`resattn.ModelConfig`.
+        lr: initial learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay on every parameter.
+        nesterov: Nesterov momentum.
+        lr_milestones: fractions of the total steps at which the learning rate is multiplied by
+            ``lr_gamma``.
+        lr_gamma: the factor of each decay.
+        probes: log the Fig. 4 response probe and mask statistics after each validation epoch.
+        channels_last: run the network in channels_last memory format (measured faster on this
+            project's CPU machine: 81 vs 53 img/s for Attention-56, see README "Performance").
+        compile: ``torch.compile`` the network (in place; checkpoints keep their keys). Its
+            compilation happens in the first steps.
+    """
+
+    def __init__(
+        self,
+        depth: int = 56,
+        attention_learning: AttentionLearning = "arl",
+        mask_structure: MaskStructure = "hourglass",
+        normalization: Normalization = "mixed",
+        family: Family = "cifar",
+        num_classes: int = 10,
+        width: float = 1.0,
+        p: int | None = None,
+        t: int | None = None,
+        r: int | None = None,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        nesterov: bool = True,
+        lr_milestones: tuple[float, ...] = (0.4, 0.6),
+        lr_gamma: float = 0.1,
+        probes: bool = True,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = ModelConfig(
+            depth=depth,
+            attention_learning=attention_learning,
+            mask_structure=mask_structure,
+            normalization=normalization,
+            family=family,
+            num_classes=num_classes,
+            width=width,
+            p=p,
+            t=t,
+            r=r,
+        )
+        if not all(0 < f < 1 for f in lr_milestones) or list(lr_milestones) != sorted(lr_milestones):
+            raise ValueError(f"lr_milestones={lr_milestones!r} must be increasing fractions in (0, 1).")
+        self.net = build_model(self.config)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()
+        top5 = min(5, num_classes)
+        metrics = MetricCollection(
+            {
+                "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+            }
+        )
+        metrics.persistent(True)  # metric states go into checkpoints: a resumed epoch counts every batch
+        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone() for _ in range(3))
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
+        for loss in (self.train_loss, self.val_loss, self.test_loss):
+            loss.persistent(True)
+        # a torchmetrics Metric: its sums are synced over the ranks in compute(), and are in no checkpoint
+        self.probe = ResponseProbe()
+        self.probe_results: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _metrics(self, split: str) -> MetricCollection:
+        return getattr(self, f"{split}_metrics")
+
+    def _step(self, batch, split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self._metrics(split).update(logits.detach(), y)
+        getattr(self, f"{split}_loss").update(loss.detach(), weight=y.numel())
+        return loss
+
+    def _log_metrics(self, split: str) -> None:
+        """Epoch metrics of a split (averaged over every device's batches), then a fresh start."""
+        loss = getattr(self, f"{split}_loss")
+        self.log(f"{split}/loss", loss.compute())
+        loss.reset()
+        values = self._metrics(split).compute()
+        self._metrics(split).reset()
+        for name, acc in values.items():
+            self.log(f"{split}/{name}", acc)
+            self.log(f"{split}/err{name[3:]}", 1.0 - acc)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+
+    def on_validation_epoch_start(self) -> None:
+        if self.hparams.probes:
+            self.probe.attach(self.net)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        if self.hparams.probes:
+            self.probe_results = self.probe.compute()  # over every rank's batches: the same on each rank
+            self.log_dict({f"probe/{k}": v for k, v in self.probe_results.items()}, sync_dist=False)  # synced
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
+        )
+        total = self.trainer.estimated_stepping_batches
+        milestones = [int(f * total) for f in hp.lr_milestones]
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

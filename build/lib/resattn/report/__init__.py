@@ -1,0 +1,120 @@
+"""Reports of a study, from the run store: tables (Markdown, CSV, LaTeX) and plots in
+``reports/<study>/<configuration>/``, also sent to W&B.
+
+A study's results are grouped by the configuration they record (profile, precision and the
+command-line settings that change results; :attr:`resattn.study.store.RunSpec.configuration`), so
+reports of different profiles or settings never overwrite each other, and a report finds its
+results whatever command ran last. This layer reads the run store and knows nothing of the runner.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from resattn.report import plots
+from resattn.report.stats import summarise
+from resattn.report.tables import readable, write_tables
+from resattn.study import wandb_runs
+from resattn.study.spec import Study
+from resattn.study.store import RunDir, RunResult, RunSpec
+
+
+def by_configuration(results: list[RunResult]) -> dict[str, list[RunResult]]:
+    """Results grouped by the study configuration they belong to, in a stable order."""
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for r in sorted(results, key=lambda r: (r.configuration, r.variant, r.seed)):
+        groups[r.configuration].append(r)
+    return dict(groups)
+
+
+def header(study: Study, results: list[RunResult], expected: list[RunSpec] | None) -> str:
+    first = results[0]
+    devices = sorted({r.device for r in results})
+    seeds = sorted({r.seed for r in results})
+    total = f" of {len(expected)}" if expected else ""
+    lines = [
+        f"# {study.name}: {study.title} (paper {study.paper_table})",
+        "",
+        f"Profile `{first.profile}`, precision `{first.precision}` (configuration `{first.configuration}`); "
+        f"{len(results)}{total} runs have results; seeds {seeds}; test error in % of the test split, final "
+        f"weights. Device: {'; '.join(devices)}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+    ]
+    if first.reductions:
+        lines += [
+            "",
+            "Reduced from the paper's protocol: " + "; ".join(f"{k} = {v}" for k, v in first.reductions.items()),
+        ]
+    if expected:
+        missing = sorted({r.run_id for r in expected} - {r.run_id for r in results})
+        if missing:
+            lines += ["", f"Missing runs ({len(missing)}): " + ", ".join(missing)]
+    diverged = [r for r in results if r.status == "diverged"]
+    if diverged:
+        lines += [
+            "",
+            f"Diverged runs ({len(diverged)}; non-finite training loss, left out of the statistics, counted in "
+            "the seeds column): "
+            + ", ".join(
+                f"{r.run_id} at step {(r.diverged or {}).get('step')} (loss {(r.diverged or {}).get('loss')})"
+                for r in diverged
+            ),
+        ]
+    lines += [
+        "",
+        "Δ vs ref: mean over matched seeds of (variant − reference) test error, in percentage points; "
+        "p: paired t-test over those seeds, then Holm-corrected over the study's comparisons; "
+        "paper's direction: whether the sign of Δ matches the paper's.",
+    ]
+    return "\n".join(lines)
+
+
+def build_report(
+    study: Study,
+    results: list[RunResult],
+    folder: Path,
+    runs_dir: Path | None = None,
+    expected: list[RunSpec] | None = None,
+    wandb_mode: str = "disabled",
+    project: str = "resattn",
+    entity: str | None = None,
+    out=None,
+) -> list[Path]:
+    """Write the report of one configuration's ``results`` into ``folder``; the mask grid reads the
+    masks from ``runs_dir`` (when given); ``expected`` (the runs the study asked for) names the
+    missing ones. Returns the files written."""
+    out = out or sys.stdout
+    folder.mkdir(parents=True, exist_ok=True)
+    df = summarise(study, results)
+    written = write_tables(df, header(study, results, expected), folder)
+    styles = plots.variant_styles(study)
+    subtitle = f"{study.name}, profile {results[0].profile}, {len({r.seed for r in results})} seed(s)"
+    finished = [r for r in results if r.status == "finished"]  # curves and probes: diverged runs left out
+    first_seed = min((r.seed for r in finished), default=None)
+    order = [study.variant_name(v) for v in study.variants()]
+    shown = sorted((r for r in finished if r.seed == first_seed), key=lambda r: order.index(r.variant))
+    mask_files = {r.variant: RunDir.of(runs_dir, r).masks for r in shown} if runs_dir is not None else {}
+    for path in (
+        plots.error_per_variant(df, subtitle, folder / "error.png"),
+        plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
+        plots.error_vs_depth(df, study, subtitle, folder / "depth.png"),
+        plots.relative_response(finished, styles, study.paper_response, subtitle, folder / "response.png"),
+        plots.mask_statistics(finished, styles, subtitle, folder / "mask_stats.png"),
+        plots.mask_grid(mask_files, subtitle, folder / "masks.png"),
+    ):
+        if path is not None:
+            written.append(path)
+    if wandb_mode != "disabled" and runs_dir is not None:
+        configuration = results[0].configuration
+        save_dir = Path(runs_dir) / study.name / f"_report-{configuration}"
+        wandb_runs.log_report(
+            study.name, configuration, readable(df), written, save_dir, wandb_mode, project, entity, out
+        )
+    return written
+
+
+def report_folder(reports_dir: Path, study: Study, configuration: str) -> Path:
+    """``reports/<study>/<configuration>/``."""
+    return Path(reports_dir) / study.name / configuration

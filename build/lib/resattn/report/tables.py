@@ -1,0 +1,78 @@
+"""The study table as Markdown, CSV and LaTeX."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from resattn.study.store import atomic_path
+
+COLUMNS = {  # summary column -> heading of the human-readable tables
+    "variant": "variant",
+    "seeds": "seeds",
+    "error": "test error % (mean ± std)",
+    "ci95": "95% CI",
+    "paper_error": "paper %",
+    "diff_vs_ref": "Δ vs ref (pp)",
+    "p_value": "p (paired t)",
+    "p_holm": "p (Holm)",
+    "direction_reproduced": "paper's direction",
+    "params_m": "params (M)",
+    "gflops": "GFLOPs",
+    "wall_time_min": "wall time (min)",
+}
+
+
+def _num(value: float, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary formatted for people: one string column per heading of ``COLUMNS``."""
+    out = pd.DataFrame(
+        {
+            "variant": df["variant"],
+            "seeds": [f"{s}" + (f" (+{d} diverged)" if d else "") for s, d in zip(df["seeds"], df["diverged"])],
+            "error": [f"{_num(m)} ± {_num(s)}" for m, s in zip(df["error_mean"], df["error_std"])],
+            "ci95": [
+                f"[{_num(lo)}, {_num(hi)}]" if not math.isnan(lo) else "—"
+                for lo, hi in zip(df["ci95_low"], df["ci95_high"])
+            ],
+            "paper_error": [_num(v) for v in df["paper_error"]],
+            "diff_vs_ref": [
+                f"{_num(d, signed=True)} vs {r}" if r != v else "reference"
+                for d, r, v in zip(df["diff_vs_ref"], df["reference"], df["variant"])
+            ],
+            "p_value": [_num(v, 3) for v in df["p_value"]],
+            "p_holm": [_num(v, 3) for v in df["p_holm"]],
+            "direction_reproduced": df["direction_reproduced"],
+            "params_m": [_num(v, 3) for v in df["params_m"]],
+            "gflops": [_num(v, 3) for v in df["gflops"]],
+            "wall_time_min": [_num(v, 1) for v in df["wall_time_min"]],
+        }
+    )
+    return out.rename(columns=COLUMNS)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    table = readable(df)
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_tables(df: pd.DataFrame, header: str, folder: Path) -> list[Path]:
+    """``table.md`` (with ``header``), ``table.csv`` (every statistic, full precision), ``table.tex``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    md, csv, tex = folder / "table.md", folder / "table.csv", folder / "table.tex"
+    with atomic_path(md) as tmp:
+        tmp.write_text(header + "\n\n" + markdown(df) + "\n")
+    with atomic_path(csv) as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(tex) as tmp:
+        tmp.write_text(readable(df).to_latex(index=False, escape=True, caption=header.splitlines()[0].lstrip("# ")))
+    return [md, csv, tex]

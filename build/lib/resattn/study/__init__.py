@@ -1,0 +1,1 @@
+"""Studies: declarative ablations (``ablations/*.yaml``) expanded into runs, trained, and reported."""

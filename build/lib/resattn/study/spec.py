@@ -1,0 +1,312 @@
+"""Study specs (one YAML per paper table) and profiles, expanded into run specs with stable ids.
+
+A study YAML has ``title``, ``paper_table``, optional ``dataset`` and ``settings``, ``factors``
+(a factor is a list of values of the setting it names, or a mapping of named levels to settings),
+``reference`` (the level each variant is compared with) and ``paper`` (the paper's test error in
+percent, nested in the order of the factors). Settings are the single-run CLI's names:
+``model.*``, ``data.*``, ``trainer.*``. The shipped studies and ``profiles.yaml`` are package data
+(``resattn.ablations``, the repository's ``ablations/`` folder); a study may also be the path of a
+YAML file of one's own.
+
+No torch here: a typo in a study name or flag is answered at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resattn.config import NUM_CLASSES
+from resattn.study.store import SECTIONS, RunSpec, is_identity
+
+ABLATIONS = Path(str(files("resattn.ablations")))
+PROFILES = "profiles"  # ablations/profiles.yaml
+# Factor names that are not "model.<name>" settings.
+FACTOR_SETTINGS = {"dataset": "data.dataset", "label_noise": "data.label_noise"}
+STUDY_KEYS = {"title", "paper_table", "dataset", "settings", "factors", "reference", "paper", "paper_response"}
+# How a study run's Trainer departs from Lightning's defaults (lowest priority: profiles and --set
+# override them): one device, no progress bar, model summary or sanity check, metrics per epoch only.
+RUN_TRAINER = {
+    "trainer.accelerator": "auto",
+    "trainer.devices": 1,
+    "trainer.enable_progress_bar": False,
+    "trainer.enable_model_summary": False,
+    "trainer.num_sanity_val_steps": 0,
+    "trainer.log_every_n_steps": 10**9,
+}
+
+
+class SpecError(ValueError):
+    """A malformed study or profile: names the file, the key and what was expected."""
+
+    def __init__(self, path: Path | str, key: str, expected: str) -> None:
+        super().__init__(f"{path}: key {key!r}: expected {expected}.")
+
+
+def available_studies(root: Path = ABLATIONS) -> list[str]:
+    return sorted(p.stem for p in root.glob("*.yaml") if p.stem != PROFILES)
+
+
+def study_path(name: str, root: Path = ABLATIONS) -> Path:
+    """``root/<name>.yaml`` for a study name, or the file itself for a path to a YAML file."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ValueError(f"study file {path} does not exist.")
+        return path.resolve()
+    path = root / f"{name}.yaml"
+    if name == PROFILES or not path.is_file():
+        raise ValueError(
+            f"unknown study {name!r}; available: {', '.join(available_studies(root))} (or the path of a study YAML)."
+        )
+    return path
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from err
+
+
+def check_settings(settings: Any, path: Path | str, key: str) -> dict[str, Any]:
+    """Settings must be a mapping of ``section.name`` keys, section one of model / data / trainer."""
+    if not isinstance(settings, dict):
+        raise SpecError(path, key, "a mapping of settings such as {model.width: 0.25}")
+    for name in settings:
+        if not isinstance(name, str) or name.split(".", 1)[0] not in SECTIONS or "." not in name:
+            raise SpecError(path, f"{key}.{name}", "a setting named model.<arg>, data.<arg> or trainer.<arg>")
+    return dict(settings)
+
+
+@dataclass(frozen=True)
+class Factor:
+    name: str
+    levels: dict[str, dict[str, Any]]  # level name -> settings it applies
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path
+    title: str
+    paper_table: str
+    settings: dict[str, Any]
+    factors: list[Factor]
+    reference: dict[str, str]
+    paper: dict[tuple[str, ...], float]
+    dataset: str | None = None
+    paper_response: dict[str, list[float]] = field(default_factory=dict)  # Fig. 4 curves, by label
+
+    def variants(self) -> list[tuple[str, ...]]:
+        """Every combination of factor levels, in the order of the YAML."""
+        return list(itertools.product(*(list(f.levels) for f in self.factors)))
+
+    def variant_name(self, levels: tuple[str, ...]) -> str:
+        return "-".join(levels)
+
+    def reference_of(self, levels: tuple[str, ...]) -> tuple[str, ...]:
+        """The variant this one is compared with: same levels, but the reference level(s)."""
+        return tuple(self.reference.get(f.name, lvl) for f, lvl in zip(self.factors, levels))
+
+
+def load_study(name: str, root: Path = ABLATIONS) -> Study:
+    """Read and validate ``ablations/<name>.yaml``, or a study YAML given by its path."""
+    path = study_path(name, root)
+    name = path.stem
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpecError(path, "<top level>", "a mapping with keys title, factors, reference, paper")
+    unknown = set(raw) - STUDY_KEYS
+    if unknown:
+        raise SpecError(path, sorted(unknown)[0], f"one of {', '.join(sorted(STUDY_KEYS))}")
+    for key in ("title", "factors", "reference"):
+        if key not in raw:
+            raise SpecError(path, key, "to be present")
+    if not isinstance(raw["factors"], dict) or not raw["factors"]:
+        raise SpecError(path, "factors", "a non-empty mapping of factor name to a list of values or named levels")
+    factors = []
+    for fname, spec in raw["factors"].items():
+        setting = FACTOR_SETTINGS.get(fname, f"model.{fname}")
+        if isinstance(spec, list) and spec:
+            levels = {str(v): {setting: v} for v in spec}
+        elif isinstance(spec, dict) and spec:
+            levels = {str(k): check_settings(v, path, f"factors.{fname}.{k}") for k, v in spec.items()}
+        else:
+            raise SpecError(path, f"factors.{fname}", "a non-empty list of values or a mapping of level -> settings")
+        factors.append(Factor(fname, levels))
+    reference = raw["reference"]
+    if not isinstance(reference, dict):
+        raise SpecError(path, "reference", "a mapping of factor -> reference level, e.g. {attention_learning: arl}")
+    reference = {str(k): str(v) for k, v in reference.items()}
+    names = {f.name: f for f in factors}
+    for k, v in reference.items():
+        if k not in names:
+            raise SpecError(path, f"reference.{k}", f"a factor of this study ({', '.join(names)})")
+        if v not in names[k].levels:
+            raise SpecError(path, f"reference.{k}", f"a level of {k} ({', '.join(names[k].levels)})")
+    paper: dict[tuple[str, ...], float] = {}
+
+    def walk(node: Any, prefix: tuple[str, ...], key: str) -> None:
+        depth = len(prefix)
+        if depth == len(factors):
+            if not isinstance(node, (int, float)):
+                raise SpecError(path, key, "a number (test error in percent)")
+            paper[prefix] = float(node)
+            return
+        if not isinstance(node, dict):
+            raise SpecError(path, key, f"a mapping keyed by levels of {factors[depth].name}")
+        for level, child in node.items():
+            level = str(level)
+            if level not in factors[depth].levels:
+                raise SpecError(
+                    path, f"{key}.{level}", f"a level of {factors[depth].name} ({', '.join(factors[depth].levels)})"
+                )
+            walk(child, prefix + (level,), f"{key}.{level}")
+
+    walk(raw.get("paper") or {}, (), "paper")
+    dataset = raw.get("dataset")
+    if dataset is not None and dataset not in NUM_CLASSES:
+        raise SpecError(path, "dataset", f"one of {', '.join(NUM_CLASSES)}")
+    response = raw.get("paper_response") or {}
+    if not isinstance(response, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in response.values()
+    ):
+        raise SpecError(path, "paper_response", "a mapping of label -> list of per-stage numbers")
+    return Study(
+        name=name,
+        path=path,
+        title=str(raw["title"]),
+        paper_table=str(raw.get("paper_table", "")),
+        settings=check_settings(raw.get("settings") or {}, path, "settings"),
+        factors=factors,
+        reference=reference,
+        paper=paper,
+        dataset=dataset,
+        paper_response={str(k): [float(x) for x in v] for k, v in response.items()},
+    )
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    seeds: int
+    settings: dict[str, Any]
+    synthetic: bool = False
+
+
+def load_profile(name: str, root: Path = ABLATIONS) -> Profile:
+    path = root / f"{PROFILES}.yaml"
+    profiles = _read_yaml(path)
+    if name not in profiles:
+        raise ValueError(f"unknown profile {name!r}; available: {', '.join(profiles)} (defined in {path}).")
+    raw = profiles[name]
+    seeds = raw.get("seeds", 1)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise SpecError(path, f"{name}.seeds", "an integer >= 1")
+    return Profile(
+        name,
+        str(raw.get("description", "")),
+        seeds,
+        check_settings(raw.get("settings") or {}, path, f"{name}.settings"),
+        bool(raw.get("synthetic")),
+    )
+
+
+def parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings of a repeatable command-line flag; values are read as YAML (numbers, lists, ...)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. --set model.width=0.5")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` settings (``model.*``, ``data.*``, ``trainer.*``)."""
+    return check_settings(parse_pairs(items, "--set"), "--set", "--set")
+
+
+def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in settings.items():
+        section, name = key.split(".", 1)
+        out[section][name] = value
+    return out
+
+
+def reductions(profile: Profile, paper: Profile) -> dict[str, str]:
+    """How a profile departs from the paper protocol, one line per setting it changes that changes
+    results (where the data lies, say, is no reduction)."""
+    if profile.name == paper.name:
+        return {}
+    out = {}
+    for key, ours in profile.settings.items():
+        if not is_identity(key):
+            continue
+        theirs = paper.settings.get(key)
+        if theirs is None:
+            if key == "trainer.max_epochs" and "trainer.max_steps" in paper.settings:
+                theirs = f"{paper.settings['trainer.max_steps']} steps"
+            else:
+                theirs = "the full data set" if key.startswith("data.") else "not set"
+        if ours != theirs:
+            out[key] = f"{ours} (paper: {theirs})"
+    if profile.synthetic:
+        out["data.dataset"] = "synthetic (paper: CIFAR)"
+    return out
+
+
+def expand(
+    study: Study,
+    profile: Profile,
+    seeds: int | None = None,
+    overrides: dict | None = None,
+    defaults: dict | None = None,
+) -> list[RunSpec]:
+    """Every variant x seed of ``study`` under ``profile``, settings merged in this order:
+    ``RUN_TRAINER``, ``defaults`` (e.g. the precision the runner resolved for this machine),
+    profile, study, dataset, factor levels, command-line overrides, seed. A synthetic profile swaps
+    in the synthetic data set unless the command line names ``data.dataset``."""
+    overrides = dict(overrides or {})
+    runs = []
+    reduced = reductions(profile, load_profile("paper"))
+    for key, value in overrides.items():
+        if is_identity(key):
+            reduced[key] = f"{value} (command line)"
+    for levels in study.variants():
+        settings = {**RUN_TRAINER, **(defaults or {}), **profile.settings, **study.settings}
+        if study.dataset:
+            settings["data.dataset"] = study.dataset
+        for factor, level in zip(study.factors, levels):
+            settings.update(factor.levels[level])
+        settings.update(overrides)
+        dataset = settings.get("data.dataset", "cifar10")
+        if profile.synthetic and dataset in NUM_CLASSES and "data.dataset" not in overrides:
+            settings["data.dataset"] = "synthetic"
+            settings["data.synthetic_classes"] = NUM_CLASSES[dataset]
+        for seed in range(seeds or profile.seeds):
+            config = {"seed_everything": seed, **_nest({**settings, "data.seed": seed, "data.noise_seed": seed})}
+            runs.append(
+                RunSpec(
+                    study=study.name,
+                    variant=study.variant_name(levels),
+                    levels=dict(zip((f.name for f in study.factors), levels)),
+                    seed=seed,
+                    profile=profile.name,
+                    config=config,
+                    overrides=overrides,
+                    reductions=reduced,
+                )
+            )
+    return runs

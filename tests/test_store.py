@@ -1,0 +1,131 @@
+"""The run store: one RunDir naming every file, typed records validated when read, run identity,
+locks (issue #10)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from resattn.study.spec import expand, load_profile, load_study, parse_overrides
+from resattn.study.store import RunDir, RunResult, StoreError, is_locked, study_results
+
+PREC = {"trainer.precision": "32-true"}
+
+
+def _runs(*overrides, profile="smoke", study="mask_structure", seeds=1):
+    return expand(load_study(study), load_profile(profile), seeds, parse_overrides(list(overrides)), defaults=PREC)
+
+
+def _result(spec, **changes) -> RunResult:
+    fields = dict(
+        status="finished", git_commit="abc", versions={}, python="3.11", device="cpu", world_size=1,
+        started_at="t0", finished_at="t1", wall_time_s=1.0, train_images_per_s=10.0, params=1, macs=2, flops=4,
+        epochs=[{"epoch": 0, "val/err1": 0.5}], resumes=[], test={"test/err1": 0.5}, test_error=50.0, probe={},
+        noise_rate=None, wandb={"mode": "disabled"},
+    )
+    return RunResult(**spec.model_dump(), **{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["data.data_dir=/elsewhere", "data.download=true", "data.eval_batch_size=7", "data.num_workers=0",
+     "trainer.accelerator=cpu", "model.channels_last=false", "trainer.enable_progress_bar=true"],
+)
+def test_settings_that_do_not_change_the_result_keep_the_run_id(setting):
+    assert [r.run_id for r in _runs(setting)] == [r.run_id for r in _runs()]
+
+
+@pytest.mark.parametrize(
+    "setting", ["model.width=0.25", "data.label_noise=0.1", "trainer.max_epochs=2", "data.batch_size=16",
+                "trainer.precision=bf16-mixed", "trainer.devices=2", "model.lr=0.05"],
+)
+def test_settings_that_change_the_result_change_the_run_id(setting):
+    assert not {r.run_id for r in _runs(setting)} & {r.run_id for r in _runs()}
+
+
+def test_the_configuration_names_profile_precision_and_changed_settings():
+    assert {r.configuration for r in _runs()} == {"smoke"}
+    assert {r.configuration for r in _runs("data.data_dir=/x")} == {"smoke"}  # where data lies: same report
+    changed = {r.configuration for r in _runs("model.width=0.25")}
+    assert len(changed) == 1 and changed.pop().startswith("smoke-")
+    assert {r.configuration for r in _runs("trainer.precision=bf16-mixed")} == {"smoke-bf16"}
+
+
+def test_spec_and_result_round_trip_and_config_yaml_is_the_cli_format(tmp_path):
+    spec = _runs()[0]
+    run_dir = RunDir.of(tmp_path, spec)
+    run_dir.write_spec(spec)
+    assert run_dir.read_spec() == spec and run_dir.read_result() is None
+    import yaml
+
+    assert yaml.safe_load(run_dir.config.read_text()) == spec.config
+    assert set(spec.config) == {"seed_everything", "model", "data", "trainer"}
+    result = _result(spec)
+    run_dir.write_result(result)
+    assert run_dir.read_result() == result and json.loads(run_dir.result.read_text())["run_id"] == spec.run_id
+    assert study_results(tmp_path, spec.study) == [result]
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("{not json", ["not valid JSON"]), ('{"status": "finished"}', ["not a valid result", "study"]),
+     ("[1, 2]", ["not a valid result"])],
+)
+def test_a_malformed_result_is_an_error_naming_the_file(tmp_path, text, words):
+    spec = _runs()[0]
+    run_dir = RunDir.of(tmp_path, spec)
+    run_dir.write_spec(spec)
+    run_dir.result.write_text(text)
+    with pytest.raises(StoreError) as err:
+        run_dir.read_result()
+    assert str(run_dir.result) in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+    with pytest.raises(StoreError):
+        study_results(tmp_path, spec.study)
+
+
+def test_move_aside_keeps_the_result_and_checkpoint(tmp_path):
+    spec = _runs()[0]
+    run_dir = RunDir.of(tmp_path, spec)
+    run_dir.write_spec(spec)
+    run_dir.write_result(_result(spec))
+    run_dir.checkpoint.parent.mkdir()
+    run_dir.checkpoint.write_bytes(b"weights")
+    aside = run_dir.move_aside()
+    assert aside.parent == run_dir.attic
+    assert (aside / "result.json").is_file() and (aside / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
+    assert run_dir.read_result() is None and not run_dir.checkpoint.exists()
+    assert run_dir.move_aside() is None  # nothing left to move
+
+
+def test_a_run_lock_is_exclusive_names_its_holder_and_is_freed_when_its_holder_is_killed(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from resattn.study.store import RunDir; "
+         f"lock = RunDir({str(run_dir.path)!r}).run_lock(); assert lock.acquire(); print('held', flush=True); "
+         "time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock = run_dir.run_lock()
+        assert is_locked(run_dir) and not lock.acquire()
+        assert lock.holder().startswith(f"pid {holder.pid} on ")
+    finally:
+        holder.kill()  # SIGKILL: the lock dies with its holder (never stale)
+        holder.wait()
+    assert not is_locked(run_dir)
+    assert lock.acquire()
+    lock.release()
+
+
+def test_no_path_of_the_run_layout_is_spelled_outside_the_store():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "resattn"
+    names = ('"result.json"', '"progress.json"', '"run.json"', '"last.ckpt"', '"wandb.json"', '"masks.npz"',
+             '"train.log"', '"latest.json"', '"config.yaml"')
+    offenders = [(p.name, n) for p in root.rglob("*.py") if p.name != "store.py" for n in names if n in p.read_text()]
+    assert offenders == []
