@@ -69,3 +69,28 @@ def test_fit_cli_saves_the_resolved_config(tmp_path):
     assert config["model"]["attention_learning"] == "nal" and config["model"]["mask_structure"] == "local_conv"
     assert config["model"]["width"] == 0.125 and config["data"]["dataset"] == "synthetic"
     assert 0 <= cli.trainer.callback_metrics["test/err1"] <= 1  # fit ends with a test of the final weights
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["predict"], ["invalid choice: 'predict'", "fit", "validate", "test"]),
+        (["fit", "--optimizer", "Adam"], ["unrecognized arguments: --optimizer Adam"]),
+        (["fit", "--model.family", "imagenet", "--model.depth", "128"], ["depth=128 has no imagenet layout", "56, 92"]),
+    ],
+)
+def test_single_run_cli_bad_input_is_one_line_not_a_traceback(tmp_path, args, words):
+    done = subprocess.run([sys.executable, "-m", "resattn", *args], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in done.stderr
+
+
+def test_fit_with_a_missing_checkpoint_is_one_line(tmp_path):
+    done = _run("fit", "--data.dataset", "synthetic", "--data.synthetic_size", "[32, 16]", "--model.width", "0.125",
+                "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path",
+                str(tmp_path / "missing.ckpt"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "missing.ckpt" in done.stderr

@@ -35,8 +35,10 @@ def _main(tmp_path, capsys, *args):
         (["--set", "model.attention_learning=xyz"], ["model.attention_learning", "'arl', 'nal', 'none'"]),
         (["--set", "trainer.max_epochs=many"], ["trainer.max_epochs", "int"]),
         (["--set", "trainer.accelerator=gpu"], ["bad setting", "gpu"]),
-        (["--set", "data.dataset=cifar10", "--data_dir", "/nonexistent"],
-         ["cifar10 not found", "/nonexistent", "--data_dir", "--download"]),
+        (["--set", "data.dataset=cifar10", "--data_dir", "{tmp}/data"],  # the download fails: no network here
+         ["cifar10 not found", "{tmp}/data", "--data_dir", "--download"]),
+        (["--set", "data.dataset=cifar10", "--data_dir", "{tmp}/data", "--no-download"],
+         ["cifar10 not found", "{tmp}/data", "--data_dir", "--download"]),
         (["--jobs", "0"], ["--jobs 0", ">= 1"]),
         (["--seeds", "-1"], ["--seeds -1", ">= 1"]),
         (["--seeds", "0"], ["--seeds 0", ">= 1"]),
@@ -47,10 +49,10 @@ def _main(tmp_path, capsys, *args):
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, words):
-    code, out = _main(tmp_path, capsys, *args)
+    code, out = _main(tmp_path, capsys, *(a.replace("{tmp}", str(tmp_path)) for a in args))
     assert code == 2, out
     for word in words:
-        assert word in out
+        assert word.replace("{tmp}", str(tmp_path)) in out
     assert "Traceback" not in out
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -136,3 +138,10 @@ def test_list_shows_each_study_with_its_paper_table_and_finished_runs(tmp_path, 
     assert set(lines) >= {"ARL_vs_NAL", "mask_structure"}
     assert "Table 4" in lines["mask_structure"] and lines["mask_structure"].split()[-1] == "1"
     assert lines["ARL_vs_NAL"].split()[-1] == "0"
+
+
+def test_an_unreachable_ray_cluster_is_bad_input(tmp_path, capsys):
+    pytest.importorskip("ray")
+    code, out = _main(tmp_path, capsys, "--executor", "ray", "--ray-address", "127.0.0.1:1")
+    assert code == 2 and "--ray-address 127.0.0.1:1: nothing answers there" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -117,6 +117,9 @@ def test_a_study_skips_finished_runs_logs_to_wandb_and_keeps_its_ids_across_data
         assert code == 0 and "4 finished, 0 to train" in out and "started" not in out, (extra, out)
     assert mtimes == {k: RunDir.of(tmp_path / "runs", r).result.stat().st_mtime for k, r in results.items()}
     assert sorted(p.name for p in (tmp_path / "reports" / "mask_structure").iterdir()) == ["smoke"]
+    # one W&B report run per configuration, updated by every invocation (5 so far), never duplicated
+    segments = list((tmp_path / "runs" / "mask_structure" / "_report-smoke" / "wandb").glob("offline-run-*"))
+    assert len(segments) == 5 and len({p.name.split("-", 3)[-1] for p in segments}) == 1
 
     # deleting one result retrains that run only
     victim = sorted(results)[1]

@@ -9,6 +9,7 @@ import math
 import shutil
 import signal
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -203,6 +204,28 @@ class ResumeCheckpoint(Checkpoint):
             if self._saved_step != trainer.global_step:
                 self.save(trainer)
             self.saved_on_stop = trainer.global_step
+
+
+def resume_checkpoint(path: Path) -> int | None:
+    """The step of the checkpoint at ``path`` if it is a readable Lightning checkpoint, else None; an
+    unreadable one is moved aside with a warning (the run then starts from scratch)."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        missing = {"state_dict", "loops", "optimizer_states", "global_step"} - set(ckpt)
+        if missing:
+            raise ValueError(f"not a resumable Lightning checkpoint (no {', '.join(sorted(missing))})")
+    except Exception as err:
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        warnings.warn(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); moved it to {aside.name} "
+            "and training this run from scratch.",
+            stacklevel=2,
+        )
+        return None
+    return int(ckpt["global_step"])
 
 
 class CheckpointError(OSError):

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,10 +280,18 @@ def run_study(
         if todo
         else None
     )
+    from resattn.study.callbacks import resume_checkpoint
+
     for run in todo:  # from here on, files are written
         run_dir = dirs[run.run_id]
         if force and not is_locked(run_dir) and (aside := run_dir.move_aside()) is not None:
             print(f"  --force: moved the earlier result and checkpoint of {run.run_id} to {aside}", file=out)
+        elif run in resumable and not is_locked(run_dir):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                resume_checkpoint(run_dir.checkpoint)  # an unreadable one is moved aside, said here
+            for warning in caught:
+                print(f"  warning: {warning.message}", file=out)
         run_dir.write_spec(run)
     options = ("--wandb", wandb_mode, "--project", project, *(("--entity", entity) if entity else ()))
     tasks = {r.run_id: Task(r.run_id, dirs[r.run_id], options) for r in todo}

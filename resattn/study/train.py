@@ -45,6 +45,7 @@ from resattn.study.callbacks import (
     ResumeCheckpoint,
     RunHistory,
     StudyProgress,
+    resume_checkpoint,
 )
 from resattn.study.store import (
     EXIT_BAD_INPUT,
@@ -85,28 +86,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def resume_checkpoint(path: Path) -> int | None:
-    """The step of the checkpoint at ``path`` if it is a readable Lightning checkpoint, else None; an
-    unreadable one is moved aside with a warning (the run then starts from scratch)."""
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        missing = {"state_dict", "loops", "optimizer_states", "global_step"} - set(ckpt)
-        if missing:
-            raise ValueError(f"not a resumable Lightning checkpoint (no {', '.join(sorted(missing))})")
-    except Exception as err:
-        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
-        path.rename(aside)
-        warnings.warn(
-            f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); moved it to {aside.name} "
-            "and training this run from scratch.",
-            stacklevel=2,
-        )
-        return None
-    return int(ckpt["global_step"])
 
 
 class Interrupted(Exception):
