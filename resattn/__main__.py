@@ -12,6 +12,9 @@ import sys
 def main(argv: list[str] | None = None) -> int | None:
     argv = sys.argv[1:] if argv is None else argv
     command, rest = (argv[0], argv[1:]) if argv else (None, [])
+    if command in (None, "-h", "--help"):
+        print(__doc__.replace("``", "`").strip() + "\n\nEach command takes --help.")
+        return 0 if command else 2
     if command == "study":
         from resattn.commands import study_main
 

@@ -7,6 +7,7 @@ writes (``RunDir.config``), so ``python -m resattn fit --config runs/<study>/<ru
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
@@ -22,9 +23,26 @@ class ResAttnCLI(LightningCLI):
     optimiser and schedule are the paper's (``configure_optimizers``), so there is no ``--optimizer``
     flag to silently replace them, and no ``predict`` subcommand (the data has no predict split)."""
 
+    started = False  # set once a subcommand starts running: later errors are not bad input
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
+    def _start(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file.")
+        type(self).started = True
+
+    def before_fit(self) -> None:
+        self._start()
+
+    def before_validate(self) -> None:
+        self._start()
+
+    def before_test(self) -> None:
+        self._start()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -38,6 +56,7 @@ def cli_main(args: list[str] | None = None) -> ResAttnCLI:
     """Run ``fit`` (then test of the final weights), ``validate`` or ``test``; the resolved config is saved
     as ``config.yaml`` in the run's log dir. A setting a class rejects (``--model.depth 128`` with the
     ImageNet family) or a missing file (``--ckpt_path``) ends with one line and exit code 2."""
+    ResAttnCLI.started = False
     try:
         return ResAttnCLI(
             ResidualAttentionClassifier,
@@ -48,6 +67,8 @@ def cli_main(args: list[str] | None = None) -> ResAttnCLI:
             auto_configure_optimizers=False,
         )
     except (ValueError, FileNotFoundError) as err:
+        if ResAttnCLI.started:  # an error while training is no bad input: its traceback matters
+            raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 

@@ -19,7 +19,9 @@ from resattn.study.store import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_STOPPED,
+    RunDir,
     StoreError,
+    study_dir,
     study_results,
 )
 from resattn.study.wandb_runs import WANDB_MODES
@@ -27,7 +29,7 @@ from resattn.study.wandb_runs import WANDB_MODES
 RUN_EXAMPLES = """examples:
   python studies/run.py ARL_vs_NAL --profile smoke                  # seconds per run, synthetic data
   python studies/run.py ARL_vs_NAL --data_dir ../shared/data/cifar10-exact --jobs 2   # the quick profile
-  python studies/run.py noisy_labels --profile paper --download --data_dir data --seeds 5
+  python studies/run.py noisy_labels --profile paper --data_dir data --seeds 5   # downloads CIFAR if missing
   python studies/run.py my_study.yaml --profile smoke               # a study YAML of your own
   python studies/run.py --list                                      # the studies and their finished runs
   python studies/run.py ARL_vs_NAL --profile paper --executor ray --gpus-per-run 1 --ray-address auto
@@ -129,7 +131,7 @@ def study_main(argv: list[str] | None = None) -> int:
         return _list_studies(args.runs_dir)
     if args.study is None:
         parser.error("name a study (or --list to see them)")
-    from resattn.study.runner import StopRequested, run_study
+    from resattn.study.runner import StopRequested, StudyError, run_study
 
     try:
         overrides = parse_overrides(args.overrides)
@@ -161,24 +163,33 @@ def study_main(argv: list[str] | None = None) -> int:
     except StopRequested as stop:
         print(str(stop), file=sys.stderr)
         return EXIT_STOPPED
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if not args.dry_run:
-        configuration = outcome.runs[0].configuration
+    if args.dry_run:
+        return EXIT_OK
+    try:  # the configurations this invocation's results recorded (a finished run keeps its own)
+        results = [r for r in (RunDir.of(args.runs_dir, run).read_result() for run in outcome.runs) if r is not None]
+        configurations = {r.configuration for r in results}
         written = write_reports(
             outcome.study,
             args.runs_dir,
             args.reports_dir,
-            select=lambda name, _: name == configuration,
+            select=lambda name, _: name in configurations,
             wandb_mode=outcome.wandb_mode,
             project=args.project,
             entity=args.entity,
         )
-        for folder, files in written.items():
-            print(f"Report: {folder}/ ({', '.join(p.name for p in files)})")
-        if not written:
-            print(f"No results for {outcome.study.name} in configuration {configuration} yet: nothing to report.")
+    except (OSError, ValueError) as err:  # the runs are trained and stored; only the report failed
+        print(f"error: the report could not be written ({err}); rebuild it with studies/report.py", file=sys.stderr)
+        return EXIT_FAILED
+    for folder, files in written.items():
+        print(f"Report: {folder}/ ({', '.join(p.name for p in files)})")
+    if not written:
+        print(f"No results for {outcome.study.name} yet: nothing to report.")
     return EXIT_FAILED if outcome.failed else EXIT_OK
 
 
@@ -242,7 +253,7 @@ def report_main(argv: list[str] | None = None) -> int:
         if args.from_wandb:
             from resattn.study.wandb_runs import results_from_project
 
-            results = results_from_project(args.from_wandb, study.name, args.runs_dir / study.name / "_wandb")
+            results = results_from_project(args.from_wandb, study.name, study_dir(args.runs_dir, study.name, "wandb"))
         else:
             results = study_results(args.runs_dir, study.name)
         from resattn.report import by_configuration

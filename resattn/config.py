@@ -19,6 +19,7 @@ MASK_STRUCTURES = ("hourglass", "local_conv")
 NORMALIZATIONS = ("mixed", "channel", "spatial")
 FAMILIES = ("cifar", "imagenet")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # the CIFAR data sets and their class counts
+DEFAULT_DATASET = "cifar10"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torchvision.datasets.utils import download_and_extract_archive
 
-from resattn.config import NUM_CLASSES
+from resattn.config import DEFAULT_DATASET, NUM_CLASSES
 
 Dataset = Literal["cifar10", "cifar100", "synthetic", "imagefolder"]
 
@@ -267,7 +267,7 @@ class CIFARDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: Dataset = "cifar10",
+        dataset: Dataset = DEFAULT_DATASET,
         data_dir: str = "data",
         download: bool = False,
         batch_size: int = 64,

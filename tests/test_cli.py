@@ -28,12 +28,12 @@ def test_summary_resnet_164_and_bad_flag():
     result = json.loads(_run("summary", "--depth", "164", "--attention_learning", "none").stdout)
     assert result["name"] == "ResNet-164" and abs(result["params"] / 1.7e6 - 1) < 0.04
     bad = _run("summary", "--normalization", "softmax")
-    assert bad.returncode != 0 and "mixed" in bad.stderr and "spatial" in bad.stderr
+    assert bad.returncode == 2 and "mixed" in bad.stderr and "spatial" in bad.stderr
 
 
 def test_fit_flag_validation():
     bad = _run("fit", "--model.attention_learning", "residual")
-    assert bad.returncode != 0 and "arl" in bad.stderr and "nal" in bad.stderr
+    assert bad.returncode == 2 and "arl" in bad.stderr and "nal" in bad.stderr
 
 
 def test_fit_cli_saves_the_resolved_config(tmp_path):

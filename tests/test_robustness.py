@@ -14,6 +14,7 @@ import pytest
 
 from resattn.commands import study_main
 from resattn.study.callbacks import CheckpointError, ensure_space
+from resattn.study.preflight import resolve
 from resattn.study.spec import expand, load_profile, load_study, parse_overrides
 from resattn.study.store import RunDir, is_locked, study_results
 
@@ -24,10 +25,11 @@ RUN = [sys.executable, str(ROOT / "studies" / "run.py"), "mask_structure", "--pr
 
 
 def _run_dir(tmp_path: Path, name: str, overrides=SHORT) -> Path:
-    run = expand(load_study("mask_structure"), load_profile("smoke"), 1, parse_overrides(overrides),
-                 defaults={"trainer.precision": "32-true"})[0]
-    RunDir(tmp_path / name).write_spec(run)
-    return tmp_path / name
+    run = resolve(expand(load_study("mask_structure"), load_profile("smoke"), 1, parse_overrides(overrides),
+                         defaults={"trainer.precision": "32-true"}))[0][0]
+    run_dir = RunDir.of(tmp_path / name, run)
+    run_dir.write_spec(run)
+    return run_dir.path
 
 
 def _worker(run_dir: Path, *extra: str, **popen) -> subprocess.Popen:
@@ -131,7 +133,8 @@ def test_ctrl_c_stops_the_runner_with_checkpoints_and_the_same_command_continues
     runner.send_signal(signal.SIGINT)
     out = runner.communicate(timeout=120)[0]
     assert runner.returncode == 130, out
-    assert "SIGINT: asking the runs in flight to save a checkpoint" in out and "stopped; its checkpoint is kept" in out
+    assert "SIGINT: asking the runs in flight to save a checkpoint" in out
+    assert out.count("stopped; its checkpoint is kept") == 1 and out.count(" not started") == 1  # 1 of 2 ran
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "result.json").exists()
     assert not is_locked(RunDir(run_dir))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -153,6 +156,8 @@ def test_two_runners_at_once_train_every_run_exactly_once(tmp_path):
         assert len(list((d / "csv").glob("version_*"))) == 1, d.name
         assert _result(d)["resumes"] == []
     assert sum(o.count(" started") for o in outs) >= 4
+    # each run is announced as finished once, by the runner that trained it; never by the other one
+    assert sum(o.count("finished: test error") for o in outs) == 4
 
 
 @pytest.mark.slow

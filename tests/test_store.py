@@ -44,12 +44,32 @@ def test_settings_that_change_the_result_change_the_run_id(setting):
     assert not {r.run_id for r in _runs(setting)} & {r.run_id for r in _runs()}
 
 
+def test_resolved_settings_make_the_id_whatever_way_they_are_spelled(tmp_path):
+    from resattn.study.preflight import resolve
+
+    ids = [r.run_id for r in resolve(_runs())[0]]
+    assert [r.run_id for r in resolve(_runs("model.lr=0.1", "data.label_noise=0.0"))[0]] == ids  # the defaults
+    assert [r.run_id for r in resolve(_runs("trainer.precision=32"))[0]] == ids  # 32 is 32-true
+    resolved = resolve(_runs())[0][0]
+    assert resolved.config["trainer"]["precision"] == "32-true" and resolved.config["data"]["data_dir"].startswith("/")
+    assert "lr" not in resolved.config["model"] and resolved.config["model"]["width"] == 0.125
+    for d in "ab":
+        for split in ("train", "val"):
+            for c in ("cat", "dog"):
+                (tmp_path / d / split / c).mkdir(parents=True)
+    image_folders = [
+        resolve(_runs("data.dataset=imagefolder", f"data.data_dir={tmp_path / d}"))[0][0].run_id for d in "ab"
+    ]
+    assert image_folders[0] != image_folders[1]  # there, the folder is the data
+
+
 def test_the_configuration_names_profile_precision_and_changed_settings():
     assert {r.configuration for r in _runs()} == {"smoke"}
     assert {r.configuration for r in _runs("data.data_dir=/x")} == {"smoke"}  # where data lies: same report
     changed = {r.configuration for r in _runs("model.width=0.25")}
     assert len(changed) == 1 and changed.pop().startswith("smoke-")
-    assert {r.configuration for r in _runs("trainer.precision=bf16-mixed")} == {"smoke-bf16"}
+    assert {r.configuration for r in _runs("trainer.precision=bf16-mixed")} == {"smoke-bf16-mixed"}
+    assert {r.configuration for r in _runs("model.width=0.125")} == {"smoke"}  # what the profile sets already
 
 
 def test_spec_and_result_round_trip_and_config_yaml_is_the_cli_format(tmp_path):
@@ -126,6 +146,6 @@ def test_no_path_of_the_run_layout_is_spelled_outside_the_store():
 
     root = Path(__file__).resolve().parents[1] / "resattn"
     names = ('"result.json"', '"progress.json"', '"run.json"', '"last.ckpt"', '"wandb.json"', '"masks.npz"',
-             '"train.log"', '"latest.json"', '"config.yaml"')
+             '"train.log"', '"latest.json"', '"config.yaml"', '"_slurm"', '"_wandb"', '"_report', '"lock"')
     offenders = [(p.name, n) for p in root.rglob("*.py") if p.name != "store.py" for n in names if n in p.read_text()]
     assert offenders == []

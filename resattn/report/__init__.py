@@ -19,7 +19,7 @@ from resattn.report.stats import summarise
 from resattn.report.tables import readable, write_tables
 from resattn.study import wandb_runs
 from resattn.study.spec import Study
-from resattn.study.store import RunDir, RunResult, RunSpec
+from resattn.study.store import RunDir, RunResult, RunSpec, study_dir
 
 
 def by_configuration(results: list[RunResult]) -> dict[str, list[RunResult]]:
@@ -30,7 +30,14 @@ def by_configuration(results: list[RunResult]) -> dict[str, list[RunResult]]:
     return dict(groups)
 
 
-def header(study: Study, results: list[RunResult], expected: list[RunSpec] | None) -> str:
+def current_settings(group: list[RunResult]) -> tuple[list[RunResult], list[RunResult]]:
+    """Split one configuration's results into those trained with its newest settings and older ones
+    (trained before the profile or study YAML changed), so that a report never mixes the two."""
+    newest = max(group, key=lambda r: r.finished_at).settings_digest
+    return [r for r in group if r.settings_digest == newest], [r for r in group if r.settings_digest != newest]
+
+
+def header(study: Study, results: list[RunResult], expected: list[RunSpec] | None, older: list[RunResult]) -> str:
     first = results[0]
     devices = sorted({r.device for r in results})
     seeds = sorted({r.seed for r in results})
@@ -51,16 +58,19 @@ def header(study: Study, results: list[RunResult], expected: list[RunSpec] | Non
         missing = sorted({r.run_id for r in expected} - {r.run_id for r in results})
         if missing:
             lines += ["", f"Missing runs ({len(missing)}): " + ", ".join(missing)]
+    if older:
+        lines += [
+            "",
+            f"Left out ({len(older)}): runs of this configuration trained with other settings (the profile or study "
+            "YAML changed since): " + ", ".join(r.run_id for r in older),
+        ]
     diverged = [r for r in results if r.status == "diverged"]
     if diverged:
         lines += [
             "",
             f"Diverged runs ({len(diverged)}; non-finite training loss, left out of the statistics, counted in "
             "the seeds column): "
-            + ", ".join(
-                f"{r.run_id} at step {(r.diverged or {}).get('step')} (loss {(r.diverged or {}).get('loss')})"
-                for r in diverged
-            ),
+            + ", ".join(f"{r.run_id} at step {r.diverged.step} (loss {r.diverged.loss})" for r in diverged),
         ]
     lines += [
         "",
@@ -86,9 +96,12 @@ def build_report(
     masks from ``runs_dir`` (when given); ``expected`` (the runs the study asked for) names the
     missing ones. Returns the files written."""
     out = out or sys.stdout
+    results, older = current_settings(results)
+    if expected:
+        expected = [s for s in expected if s.settings_digest == results[0].settings_digest]
     folder.mkdir(parents=True, exist_ok=True)
     df = summarise(study, results)
-    written = write_tables(df, header(study, results, expected), folder)
+    written = write_tables(df, header(study, results, expected, older), folder)
     styles = plots.variant_styles(study)
     subtitle = f"{study.name}, profile {results[0].profile}, {len({r.seed for r in results})} seed(s)"
     finished = [r for r in results if r.status == "finished"]  # curves and probes: diverged runs left out
@@ -108,7 +121,7 @@ def build_report(
             written.append(path)
     if wandb_mode != "disabled" and runs_dir is not None:
         configuration = results[0].configuration
-        save_dir = Path(runs_dir) / study.name / f"_report-{configuration}"
+        save_dir = study_dir(runs_dir, study.name, f"report-{configuration}")
         wandb_runs.log_report(
             study.name, configuration, readable(df), written, save_dir, wandb_mode, project, entity, out
         )

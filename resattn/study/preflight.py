@@ -3,14 +3,16 @@
 Each distinct configuration of a study is parsed and instantiated by the single-run CLI's own
 parser (:func:`resattn.cli.build_run`): an unknown setting, a wrong type, a value outside its
 choices, a model the config rejects (``model.depth=57``, ``model.width=-1``) or an accelerator this
-machine lacks fails here with one line naming the setting. The data is loaded (or downloaded) once
-per data set; the runs and reports folders must be writable directories with room for a
-checkpoint. The same pass measures each run's cost (multiply-adds x training images) for the ETA.
+machine lacks fails here with one line naming the setting; the same pass resolves each run's
+settings (its id and ``config.yaml`` come from them) and measures its cost (multiply-adds x training
+images) for the ETA. The data is loaded (or downloaded) once per data set, last, once everything
+else passed; the runs and reports folders must be writable directories with room for checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import inspect
 import json
@@ -22,9 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from resattn.study.store import SECTIONS, RunSpec
-
-SEEDS = ("seed_everything", "data.seed", "data.noise_seed")
+from resattn.study.store import SECTIONS, SEEDS, RunSpec
 
 
 class PreflightError(ValueError):
@@ -52,17 +52,20 @@ def default_precision(runs: list[RunSpec]) -> str:
     CUDA GPU, else ``32-true`` (this project's CPU has no fast bf16: 4x slower, README)."""
     import torch
 
-    accelerators = {str(r.config["trainer"].get("accelerator", "auto")) for r in runs}
+    accelerators = {str(r.config["trainer"]["accelerator"]) for r in runs}  # RUN_DEFAULTS sets it
     cuda = torch.cuda.is_available() and accelerators <= {"auto", "gpu", "cuda"}
     return "bf16-mixed" if cuda else "32-true"
 
 
-def _unknown_settings(run: RunSpec) -> None:
+def _classes() -> dict:
     import lightning as L
 
     from resattn.cli import CLASSES
 
-    classes = {**CLASSES, "trainer": L.Trainer}
+    return {**CLASSES, "trainer": L.Trainer}
+
+
+def _unknown_settings(run: RunSpec, classes: dict) -> None:
     for section in SECTIONS:
         allowed = set(inspect.signature(classes[section]).parameters) - {"self"}
         unknown = sorted(set(run.config[section]) - allowed)
@@ -76,58 +79,93 @@ def _unknown_settings(run: RunSpec) -> None:
             )
 
 
-def _without_seeds(run: RunSpec) -> str:
-    config = {s: dict(run.config[s]) for s in SECTIONS}
+def _plain(obj):
+    """JSON types only (tuples become lists), as the config is stored and hashed."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _with_seeds(config: dict, seeds_from: dict) -> dict:
+    config = copy.deepcopy(config)
+    config["seed_everything"] = seeds_from["seed_everything"]
     for key in SEEDS[1:]:
         section, name = key.split(".")
-        config[section].pop(name, None)
-    return json.dumps(config, sort_keys=True, default=str)
+        config[section][name] = seeds_from[section][name]
+    return config
+
+
+NO_SEEDS = {"seed_everything": 0, "data": {"seed": 0, "noise_seed": 0}}
 
 
 @dataclass(frozen=True)
-class Checked:
-    """What the checks measured: each run's cost (multiply-adds x training images, the ETA's
-    weights) and the size of the largest run's checkpoint."""
+class Built:
+    """A configuration parsed and instantiated by the single-run CLI's parser, and its cost per image."""
 
-    costs: dict[str, float]
-    checkpoint_bytes: int
+    cli: object
+    cost: dict
 
 
-def check(runs: list[RunSpec], runs_dir: Path, jobs: int = 1) -> Checked:
-    """Every check before a study writes anything: settings (each distinct configuration parsed and
-    instantiated by the single-run CLI's parser), data, and the runs folder (room for ``jobs``
-    checkpoints).
+def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:
+    """Parse and instantiate each distinct configuration with the single-run CLI's parser, exactly as
+    the worker will. Returns the runs with their resolved configs (every setting that differs from
+    its class default, the normalised precision and the absolute data folder always spelled out:
+    the run id and ``config.yaml`` come from these) and what was built, by run id.
 
     Raises:
-        PreflightError: the first problem, named, with what is allowed or what to do.
+        PreflightError: the first bad setting, named, with what is allowed.
     """
     from resattn.cli import build_run
     from resattn.summary import model_cost
 
-    built: dict[str, tuple] = {}
-    for run in runs:
-        key = _without_seeds(run)
-        if key in built:
-            continue
-        _unknown_settings(run)
-        try:
-            with _quiet():
-                cli = build_run(run.config)
-        except Exception as err:  # the parser's or the class's own message names the setting
-            raise PreflightError(
-                f"bad setting in run {run.variant}: {' '.join(str(err).split())}. Check {run.study}'s YAML, "
-                "the profile and --set."
-            ) from err
-        built[key] = (cli, model_cost(cli.model.net))
-    sizes = check_data(runs)
-    costs = {
-        r.run_id: built[_without_seeds(r)][1]["macs"] * training_images(built[_without_seeds(r)][0], sizes)
-        for r in runs
+    classes = _classes()
+    defaults = {
+        s: _plain({k: p.default for k, p in inspect.signature(c).parameters.items() if p.default is not p.empty})
+        for s, c in classes.items()
     }
-    # weights, SGD momentum and metric states, with room for the temporary copy of a save
-    largest = max(cost["params"] for _, cost in built.values()) * 4 * 3
-    check_folder(runs_dir, "--runs-dir", int(1.5 * largest * jobs))
-    return Checked(costs, largest)
+    always = {"trainer.precision", "data.data_dir"}
+    cache: dict[str, tuple[Built, dict]] = {}
+    resolved_runs, built = [], {}
+    for run in runs:
+        key = json.dumps(_with_seeds(run.config, NO_SEEDS), sort_keys=True, default=str)
+        if key not in cache:
+            _unknown_settings(run, classes)
+            try:
+                with _quiet():
+                    cli = build_run(run.config)
+            except Exception as err:  # the parser's or the class's own message names the setting
+                raise PreflightError(
+                    f"bad setting in run {run.variant}: {' '.join(str(err).split()).rstrip('.')}. Check {run.study}'s "
+                    "YAML, "
+                    "the profile and --set."
+                ) from err
+            resolved = _plain(cli.config.as_dict())
+            resolved["trainer"]["precision"] = str(cli.trainer.precision)  # normalised: 32 -> 32-true
+            resolved["data"]["data_dir"] = str(Path(resolved["data"]["data_dir"]).expanduser().resolve())
+            config = {
+                s: {
+                    k: v
+                    for k, v in resolved[s].items()
+                    if f"{s}.{k}" in always or k not in defaults[s] or v != defaults[s][k]
+                }
+                for s in SECTIONS
+            }
+            cache[key] = (Built(cli, model_cost(cli.model.net)), config)
+        one, config = cache[key]
+        resolved_run = run.model_copy(update={"config": _with_seeds({"seed_everything": None, **config}, run.config)})
+        resolved_runs.append(resolved_run)
+        built[resolved_run.run_id] = one
+    return resolved_runs, built
+
+
+def costs(runs: list[RunSpec], built: dict[str, Built], data_sizes: dict[tuple, int | None]) -> dict[str, float]:
+    """Each run's cost for the ETA: multiply-adds per image x the images it trains on."""
+    return {r.run_id: built[r.run_id].cost["macs"] * training_images(built[r.run_id].cli, data_sizes) for r in runs}
+
+
+def check_space(runs_dir: Path, built: dict[str, Built], jobs: int) -> None:
+    """Room in the runs folder for ``jobs`` checkpoints of the largest run at once (weights, SGD
+    momentum and metric states, and the temporary copy of a save)."""
+    largest = max(b.cost["params"] for b in built.values()) * 4 * 3
+    check_folder(runs_dir, "--runs-dir", int(1.5 * largest * jobs), what=f"{jobs} checkpoint(s)")
 
 
 def training_images(cli, data_sizes: dict[tuple, int | None]) -> float:
@@ -164,7 +202,7 @@ def check_data(runs: list[RunSpec]) -> dict[tuple, int | None]:
     return sizes
 
 
-def check_folder(path: Path, flag: str, needed: int = 0) -> None:
+def check_folder(path: Path, flag: str, needed: int = 0, what: str = "a checkpoint") -> None:
     """``path`` is a writable directory (or can be made one) with ``needed`` bytes free.
 
     Raises:
@@ -183,5 +221,5 @@ def check_folder(path: Path, flag: str, needed: int = 0) -> None:
     free = shutil.disk_usage(existing).free
     if free < needed:
         raise PreflightError(
-            f"{flag} {path}: {free // 2**20} MiB free, a checkpoint needs about {math.ceil(needed / 2**20)} MiB."
+            f"{flag} {path}: {free // 2**20} MiB free; {what} need about {math.ceil(needed / 2**20)} MiB."
         )

@@ -9,6 +9,7 @@ run is trained by whichever holds its lock.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -31,7 +32,9 @@ from resattn.study.store import (
     RunDir,
     RunLock,
     RunSpec,
+    StoreError,
     is_locked,
+    study_dir,
 )
 
 
@@ -151,7 +154,8 @@ def log_tail(run_dir: RunDir, lines: int = 15) -> str:
 
 def make_executor(
     kind: str,
-    runs: list[RunSpec],
+    study: str,
+    trainer,
     jobs: int,
     runs_dir: Path,
     cpus_per_run: float | None,
@@ -160,24 +164,28 @@ def make_executor(
     max_retries: int,
     slurm: dict | None,
 ):
-    """The executor of ``--executor``; a missing extra or a bad parameter fails here, before any run."""
+    """The executor of ``--executor`` for runs with the resolved Lightning ``trainer``; a missing extra or
+    a bad parameter fails here, before any run."""
     if kind == "local":
         threads = int(cpus_per_run) if cpus_per_run else (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
         return LocalExecutor(jobs=jobs, threads=threads)
     if kind == "ray":
         return RayExecutor(cpus=cpus_per_run or 1, gpus=gpus_per_run, address=ray_address, max_retries=max_retries)
     parameters = dict(slurm or {})  # slurm
-    trainer = runs[0].config["trainer"]
-    if isinstance(trainer.get("devices"), int) and trainer["devices"] > 1:  # DDP: one SLURM task per process
-        parameters.setdefault("tasks_per_node", trainer["devices"])
-        parameters.setdefault("nodes", trainer.get("num_nodes", 1))
+    if trainer.num_devices > 1:  # DDP: one SLURM task per process
+        parameters.setdefault("tasks_per_node", trainer.num_devices)
+        parameters.setdefault("nodes", trainer.num_nodes)
     return SlurmExecutor(
-        folder=Path(runs_dir) / runs[0].study / "_slurm",
+        folder=study_dir(runs_dir, study, "slurm"),
         cpus=int(cpus_per_run or 1),
         gpus=int(gpus_per_run),
         jobs=jobs,
         parameters=parameters,
     )
+
+
+class StudyError(RuntimeError):
+    """A failure after the study started writing (not bad input): exit code 1, with the message."""
 
 
 class StopRequested(Exception):
@@ -201,8 +209,14 @@ def check_options(
     checks = [
         ("--seeds", seeds, seeds is None or (isinstance(seeds, int) and seeds >= 1), "an integer >= 1"),
         ("--jobs", jobs, isinstance(jobs, int) and jobs >= 1, "an integer >= 1"),
-        ("--cpus-per-run", cpus_per_run, cpus_per_run is None or cpus_per_run > 0, "a number > 0"),
-        ("--gpus-per-run", gpus_per_run, gpus_per_run >= 0, "a number >= 0"),
+        (
+            "--cpus-per-run",
+            cpus_per_run,
+            cpus_per_run is None
+            or (0 < cpus_per_run < math.inf and (executor == "ray" or float(cpus_per_run).is_integer())),
+            "a whole number >= 1 (Ray takes fractions > 0)",
+        ),
+        ("--gpus-per-run", gpus_per_run, 0 <= gpus_per_run < math.inf, "a number >= 0"),
         ("--max-retries", max_retries, isinstance(max_retries, int) and max_retries >= 0, "an integer >= 0"),
         ("--executor", executor, executor in EXECUTORS, f"one of {', '.join(EXECUTORS)}"),
     ]
@@ -252,16 +266,16 @@ def run_study(
     from resattn.study import preflight  # torch: only once the cheap checks passed
 
     precision = preflight.default_precision(expand(study, prof, seeds, overrides))
-    runs = expand(study, prof, seeds, overrides, defaults={"trainer.precision": precision})
+    runs, built = preflight.resolve(expand(study, prof, seeds, overrides, defaults={"trainer.precision": precision}))
     dirs = {r.run_id: RunDir.of(runs_dir, r) for r in runs}
     has_result = {r.run_id: dirs[r.run_id].read_result() is not None for r in runs}  # a bad result: StoreError
     todo = [r for r in runs if force or not has_result[r.run_id]]
     resumable = [r for r in todo if not force and dirs[r.run_id].checkpoint.is_file()]
-    checked = preflight.check(todo or runs, runs_dir, jobs if executor == "local" else 1)
     print(
         f"Study {study.name} ({study.paper_table}: {study.title}); profile {prof.name}: {prof.description}.", file=out
     )
-    print(f"  precision {precision}; configuration {runs[0].configuration}", file=out)
+    precisions, configurations = sorted({r.precision for r in runs}), sorted({r.configuration for r in runs})
+    print(f"  precision {', '.join(precisions)}; configuration {', '.join(configurations)}", file=out)
     for key, value in runs[0].reductions.items():
         print(f"  reduced: {key} = {value}", file=out)
     print(
@@ -270,16 +284,44 @@ def run_study(
         f"executor {executor}; W&B {wandb_mode}, project {project}.",
         file=out,
     )
-    if dry_run:
-        for run in runs:
+    if dry_run or not todo:
+        for run in runs if dry_run else []:
             state = ("resumes" if run in resumable else "to train") if run in todo else "finished"
             print(f"  {run.run_id}  {state}  {dirs[run.run_id]}", file=out)
         return StudyOutcome(study, runs, 0, wandb_mode)
-    pool = (
-        make_executor(executor, todo, jobs, runs_dir, cpus_per_run, gpus_per_run, ray_address, max_retries, slurm)
-        if todo
-        else None
+    trainer = built[todo[0].run_id].cli.trainer
+    pool = make_executor(
+        executor, study.name, trainer, jobs, runs_dir, cpus_per_run, gpus_per_run, ray_address, max_retries, slurm
     )
+    preflight.check_space(runs_dir, built, jobs if executor == "local" else 1)
+    run_costs = preflight.costs(todo, built, preflight.check_data(todo))  # data last: it may download
+    try:
+        return StudyOutcome(
+            study,
+            runs,
+            train(
+                todo,
+                dirs,
+                resumable,
+                pool,
+                run_costs,
+                force,
+                out,
+                study.name,
+                max_retries,
+                poll,
+                wandb_mode,
+                project,
+                entity,
+            ),
+            wandb_mode,
+        )
+    except StoreError as err:  # e.g. a result another process wrote meanwhile is malformed
+        raise StudyError(str(err)) from err
+
+
+def train(todo, dirs, resumable, pool, run_costs, force, out, name, max_retries, poll, wandb_mode, project, entity):
+    """Write each run's spec (moving earlier work aside with ``force``), then schedule; the failures."""
     from resattn.study.callbacks import resume_checkpoint
 
     for run in todo:  # from here on, files are written
@@ -295,15 +337,15 @@ def run_study(
         run_dir.write_spec(run)
     options = ("--wandb", wandb_mode, "--project", project, *(("--entity", entity) if entity else ()))
     tasks = {r.run_id: Task(r.run_id, dirs[r.run_id], options) for r in todo}
-    progress = Progress(study.name, {r.run_id: checked.costs[r.run_id] for r in todo}, out)
+    progress = Progress(name, run_costs, out)
     index = {r.run_id: i for i, r in enumerate(todo, 1)}
     try:
-        failed = schedule(tasks, pool, progress, index, max_retries, poll) if todo else 0
+        failed = schedule(tasks, pool, progress, index, max_retries, poll)
     finally:
         progress.close()
     if failed:
         print(f"{failed} run(s) failed; run the same command again to retry them (from their checkpoints).", file=out)
-    return StudyOutcome(study, runs, failed, wandb_mode)
+    return failed
 
 
 def schedule(
@@ -329,10 +371,8 @@ def schedule(
         if code == 0 and (result := task.run_dir.read_result()) is not None:
             progress.finish(task.run_id)
             if result.status == "diverged":
-                d = result.diverged or {}
-                progress.say(
-                    i, task.run_id, f"DIVERGED at step {d.get('step')} (loss {d.get('loss')}); recorded as such"
-                )
+                d = result.diverged
+                progress.say(i, task.run_id, f"DIVERGED at step {d.step} (loss {d.loss}); recorded as such")
             else:
                 progress.say(
                     i, task.run_id, f"finished: test error {result.test_error:.2f}% in {fmt_time(result.wall_time_s)}"

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from resattn.config import NUM_CLASSES
+from resattn.config import DEFAULT_DATASET, NUM_CLASSES
 from resattn.study.store import SECTIONS, RunSpec, is_identity
 
 ABLATIONS = Path(str(files("resattn.ablations")))
@@ -284,20 +284,24 @@ def expand(
     overrides = dict(overrides or {})
     runs = []
     reduced = reductions(profile, load_profile("paper"))
-    for key, value in overrides.items():
-        if is_identity(key):
-            reduced[key] = f"{value} (command line)"
     for levels in study.variants():
         settings = {**RUN_DEFAULTS, **(defaults or {}), **profile.settings, **study.settings}
         if study.dataset:
             settings["data.dataset"] = study.dataset
+        factor_settings = set()
         for factor, level in zip(study.factors, levels):
             settings.update(factor.levels[level])
+            factor_settings |= set(factor.levels[level])
+        # the command line's settings, where they change what the profile and study set
+        changed = {k: v for k, v in overrides.items() if k not in settings or settings[k] != v}
         settings.update(overrides)
-        dataset = settings.get("data.dataset", "cifar10")
+        dataset = settings.get("data.dataset", DEFAULT_DATASET)
         if profile.synthetic and dataset in NUM_CLASSES and "data.dataset" not in overrides:
             settings["data.dataset"] = "synthetic"
             settings["data.synthetic_classes"] = NUM_CLASSES[dataset]
+            if "data.dataset" in factor_settings:
+                factor_settings.add("data.synthetic_classes")
+        reduced_here = {**reduced, **{k: f"{v} (command line)" for k, v in changed.items() if is_identity(k)}}
         for seed in range(seeds or profile.seeds):
             config = {"seed_everything": seed, **_nest({**settings, "data.seed": seed, "data.noise_seed": seed})}
             runs.append(
@@ -308,8 +312,9 @@ def expand(
                     seed=seed,
                     profile=profile.name,
                     config=config,
-                    overrides=overrides,
-                    reductions=reduced,
+                    overrides=changed,
+                    factor_settings=sorted(factor_settings),
+                    reductions=reduced_here,
                 )
             )
     return runs

@@ -35,6 +35,7 @@ EXIT_STOPPED = 130  # the study command was interrupted (SIGINT / SIGTERM); chec
 EXIT_INTERRUPTED = 143  # a worker stopped by SIGTERM / Ctrl-C after saving a checkpoint
 
 SECTIONS = ("model", "data", "trainer")
+SEEDS = ("seed_everything", "data.seed", "data.noise_seed")  # set per run from its seed
 # Settings that do not change a run's result, so they are not part of its identity (the run id):
 # where the data lies and how it is fetched, evaluation batching, workers, logging and display, the
 # device kind and the memory layout or compilation of the same maths. Precision is part of it.
@@ -73,11 +74,14 @@ def is_identity(key: str) -> bool:
 
 
 class RunSpec(BaseModel):
-    """What to train: one variant x seed of a study, with its resolved settings.
+    """What to train: one variant x seed of a study, with its settings.
 
     ``config`` is the single-run CLI's config (``seed_everything``, ``model``, ``data``,
-    ``trainer``); ``overrides`` the command-line settings (``--set``); ``reductions`` how the
-    profile departs from the paper's protocol.
+    ``trainer``). Once the runner has resolved it with the CLI's parser it holds every setting whose
+    value differs from the class default, with the precision and the data folder always spelled
+    out; that is what ``config.yaml`` holds. ``overrides`` are the command-line settings (``--set``)
+    that changed what the profile and study set; ``factor_settings`` the settings the factor
+    levels set; ``reductions`` how the profile departs from the paper's protocol.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -89,18 +93,25 @@ class RunSpec(BaseModel):
     profile: str
     config: dict[str, Any]
     overrides: dict[str, Any] = {}
+    factor_settings: list[str] = []
     reductions: dict[str, str] = {}
 
     @property
     def precision(self) -> str:
-        return str(self.config["trainer"].get("precision", "unresolved"))
+        return str(self.config["trainer"]["precision"])
 
     @property
     def identity(self) -> dict[str, Any]:
-        """The settings that change the result: model, data content, training, precision, seed."""
+        """The settings that change the result: model, data content, training, precision, seeds. An
+        image folder's path and workers are its content and augmentation streams: they count there."""
+        folder = self.config["data"].get("dataset") == "imagefolder"  # absent: the default data set
+        keep = {"data.data_dir", "data.num_workers"} if folder else set()
         return {
-            "seed_everything": self.config.get("seed_everything"),
-            **{s: {k: v for k, v in self.config[s].items() if is_identity(f"{s}.{k}")} for s in SECTIONS},
+            "seed_everything": self.config["seed_everything"],
+            **{
+                s: {k: v for k, v in self.config[s].items() if is_identity(f"{s}.{k}") or f"{s}.{k}" in keep}
+                for s in SECTIONS
+            },
         }
 
     @property
@@ -109,17 +120,41 @@ class RunSpec(BaseModel):
         return f"{self.variant}-s{self.seed}-{digest(self.identity)}"
 
     @property
+    def settings_digest(self) -> str:
+        """A hash of what the runs of one study configuration share: the identity without the seeds
+        and the settings of the factor levels. Runs of one configuration label with another digest
+        were trained before the profile or study YAML changed."""
+        identity = self.identity
+        shared = {
+            s: {
+                k: v
+                for k, v in identity[s].items()
+                if f"{s}.{k}" not in self.factor_settings and f"{s}.{k}" not in SEEDS
+            }
+            for s in SECTIONS
+        }
+        return digest(shared)
+
+    @property
     def configuration(self) -> str:
         """The study configuration this run belongs to (its report folder): the profile, then the
         precision unless fp32, then a hash of the command-line settings that change results."""
-        label = self.profile
-        if self.precision not in ("32-true", "32"):
-            label += f"-{self.precision.replace('-true', '').replace('-mixed', '')}"
+        label = self.profile if self.precision == "32-true" else f"{self.profile}-{self.precision}"
         changed = {k: v for k, v in self.overrides.items() if is_identity(k) and k != "trainer.precision"}
         return f"{label}-{digest(changed, 6)}" if changed else label
 
     def dump(self) -> dict[str, Any]:
         return {"run_id": self.run_id, **self.model_dump(mode="json")}
+
+
+class Divergence(BaseModel):
+    """Where a run's training loss became non-finite."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: int
+    epoch: int
+    loss: str
 
 
 Status = Literal["finished", "diverged"]
@@ -150,7 +185,7 @@ class RunResult(RunSpec):
     probe: dict[str, float]
     noise_rate: float | None
     wandb: dict[str, Any]
-    diverged: dict[str, Any] | None = None
+    diverged: Divergence | None = None
 
 
 @contextmanager
@@ -236,32 +271,36 @@ class RunDir:
             )
 
     def read_spec(self) -> RunSpec:
-        raw = read_json(self.spec)
-        raw.pop("run_id", None)
-        try:
-            return RunSpec.model_validate(raw)
-        except ValidationError as err:
-            raise StoreError(f"{self.spec} is not a run spec: {_first_error(err)}") from err
+        """The run's spec. Raises StoreError if ``run.json`` is not one (or not this folder's)."""
+        return self._read(self.spec, RunSpec, "a run spec")
 
-    def read_result(self) -> RunResult | None:
-        """The result, or None if the run has none yet.
-
-        Raises:
-            StoreError: ``result.json`` exists but is not a valid result (names the file).
-        """
+    def _read(self, path: Path, record: type[RunSpec], what: str, own: bool = True):
+        raw = read_json(path)
+        stored_id = raw.pop("run_id", None) if isinstance(raw, dict) else None
         try:
-            raw = read_json(self.result)
-        except FileNotFoundError:
-            return None
-        if isinstance(raw, dict):
-            raw.pop("run_id", None)
-        try:
-            return RunResult.model_validate(raw)
+            value = record.model_validate(raw)
         except ValidationError as err:
             raise StoreError(
-                f"{self.result} is not a valid result ({_first_error(err)}). Move it away or delete it: the run "
-                "then trains again."
+                f"{path} is not {what} ({_first_error(err)}). Move it away or delete it: the run then trains again."
             ) from err
+        if own and (stored_id != self.name or value.run_id != self.name):
+            raise StoreError(
+                f"{path} belongs to run {stored_id or value.run_id}, not to its folder {self.name} (a copied folder, "
+                "or one written by another version of resattn). Move it away or delete it."
+            )
+        return value
+
+    def read_result(self, own: bool = True) -> RunResult | None:
+        """The result, or None if the run has none yet; ``own=False`` for a result fetched into a
+        folder of another name (from W&B).
+
+        Raises:
+            StoreError: ``result.json`` exists but is not a valid result of this run (names the file).
+        """
+        try:
+            return self._read(self.result, RunResult, "a valid result", own)
+        except FileNotFoundError:
+            return None
 
     def write_result(self, result: RunResult) -> None:
         write_json_atomic(self.result, result.dump())
@@ -271,8 +310,11 @@ class RunDir:
         items = [p for p in (self.result, self.checkpoints, self.masks) if p.exists()]
         if not items:
             return None
-        target = self.attic / time.strftime("%Y%m%d-%H%M%S")
-        target.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target, n = self.attic / stamp, 1
+        while target.exists():  # two moves in one second: never over an earlier one
+            target, n = self.attic / f"{stamp}-{n}", n + 1
+        target.mkdir(parents=True)
         for item in items:
             os.replace(item, target / item.name)
         return target
@@ -292,7 +334,15 @@ def study_runs(runs_dir: Path | str, study: str) -> list[RunDir]:
     folder = Path(runs_dir) / study
     if not folder.is_dir():
         return []
-    return [RunDir(p) for p in sorted(folder.iterdir()) if (p / "run.json").is_file()]
+    return [RunDir(p) for p in sorted(folder.iterdir()) if RunDir(p).spec.is_file()]
+
+
+def study_dir(runs_dir: Path | str, study: str, part: str | None = None) -> Path:
+    """``runs/<study>/``, or one of its folders that are not runs (their names start with ``_``):
+    ``slurm`` (submitit's logs), ``wandb`` (results downloaded from W&B), ``report-<configuration>``
+    (the W&B report run)."""
+    folder = Path(runs_dir) / study
+    return folder / f"_{part}" if part else folder
 
 
 def study_results(runs_dir: Path | str, study: str) -> list[RunResult]:
@@ -313,11 +363,11 @@ class RunLock:
         self.run_dir = run_dir
         self._lock = FileLock(run_dir.lock, timeout=0)
 
-    def acquire(self) -> bool:
-        """True if this process now holds the lock; False if another one does."""
+    def acquire(self, timeout: float = 0) -> bool:
+        """True if this process now holds the lock; False if another one does (after ``timeout`` s)."""
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         try:
-            self._lock.acquire(timeout=0)
+            self._lock.acquire(timeout=timeout)
         except Timeout:
             return False
         except OSError as err:

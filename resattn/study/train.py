@@ -52,6 +52,7 @@ from resattn.study.store import (
     EXIT_BUSY,
     EXIT_INTERRUPTED,
     EXIT_NO_CHECKPOINT,
+    Divergence,
     RunDir,
     RunLock,
     RunResult,
@@ -120,7 +121,7 @@ def train(run_dir: RunDir, wandb_mode: str = "offline", project: str = "resattn"
                 wandb_runs.run_logger(spec, run_dir, wandb_mode, project, entity, resume=ckpt_path is not None)
             )
             wandb_run = loggers[-1].experiment
-            wandb_info.update(id=wandb_run.id, dir=str(wandb_run.dir))
+            wandb_info.update(wandb_runs.run_info(wandb_run))
         except Exception as err:  # W&B must never cost a result: the local logs carry on
             print(f"W&B failed to start ({type(err).__name__}: {err}); continuing with local logs.", flush=True)
             wandb_info["error"] = f"{type(err).__name__}: {err}"
@@ -135,8 +136,7 @@ def train(run_dir: RunDir, wandb_mode: str = "offline", project: str = "resattn"
             trainer.fit(model, data, ckpt_path=ckpt_path, weights_only=False)
     except SIGTERMException as stop:
         if wandb_run is not None:  # this segment ends here; the next one continues the W&B run
-            wandb_run.mark_preempting()
-            wandb_run.finish(exit_code=EXIT_INTERRUPTED)
+            wandb_runs.end_segment(wandb_run, EXIT_INTERRUPTED)
         raise Interrupted(checkpoint.saved_on_stop) from stop
     except Diverged as err:
         return write_result(spec, run_dir, trainer, data, model, history, wandb_run, wandb_info, diverged=err)
@@ -182,7 +182,7 @@ def write_result(
         wandb=wandb_info,
         diverged=None
         if diverged is None
-        else {"step": diverged.step, "epoch": diverged.epoch, "loss": str(diverged.loss)},
+        else Divergence(step=diverged.step, epoch=diverged.epoch, loss=str(diverged.loss)),
     )
     run_dir.write_result(result)
     if wandb_run is not None:
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = rank_zero_only.rank  # from the environment: > 0 in processes Lightning starts for DDP
     watch_parent(args.parent_pid if rank == 0 else None)
     lock = RunLock(run_dir)
-    if rank == 0 and not lock.acquire():
+    if rank == 0 and not lock.acquire(timeout=1.0):  # a runner's lock probe holds it for an instant
         print(f"{run_dir} is being trained by {lock.holder()}; not training it twice.", flush=True)
         return EXIT_BUSY
     try:

@@ -76,6 +76,17 @@ def run_logger(spec: RunSpec, run_dir: RunDir, mode: str, project: str, entity: 
     return logger
 
 
+def run_info(wandb_run) -> dict[str, str]:
+    """What a result records of its W&B run: id and local folder."""
+    return {"id": wandb_run.id, "dir": str(wandb_run.dir)}
+
+
+def end_segment(wandb_run, exit_code: int) -> None:
+    """A stopped run's W&B segment ends here; the next segment continues the same W&B run."""
+    wandb_run.mark_preempting()
+    wandb_run.finish(exit_code=exit_code)
+
+
 def finish_run(wandb_run, result: RunResult, images, masks: dict, run_dir: RunDir) -> None:
     """Summary (status, test error, cost), test images and their attention masks as media, and result.json."""
     import wandb
@@ -84,7 +95,7 @@ def finish_run(wandb_run, result: RunResult, images, masks: dict, run_dir: RunDi
     if result.test_error is not None:
         summary["test_error"] = result.test_error
     if result.diverged is not None:
-        summary.update({f"diverged/{k}": v for k, v in result.diverged.items()})
+        summary.update({f"diverged/{k}": v for k, v in result.diverged.model_dump().items()})
     wandb_run.summary.update(summary)
     if images is not None:
         wandb_run.log(
@@ -156,7 +167,7 @@ def results_from_project(path: str, study: str, download_to: Path) -> list[RunRe
         except Exception as err:  # a run that never finished has no result file
             print(f"skipping W&B run {run.name}: no result.json ({err})", file=sys.stderr)
             continue
-        result = target.read_result()
+        result = target.read_result(own=False)
         if result is not None:
             results.append(result)
     return results

@@ -1,1 +1,0 @@
-"""Studies: declarative ablations (``ablations/*.yaml``) expanded into runs, trained, and reported."""
