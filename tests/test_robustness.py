@@ -222,3 +222,19 @@ def test_a_failing_checkpoint_write_stops_the_run_cleanly(tmp_path):
     assert "error: could not write the checkpoint" in log and "File too large" in log
     assert not (run_dir / "result.json").exists()
     assert not [p for p in (run_dir / "checkpoints").iterdir()], "a partial checkpoint was left behind"
+
+
+@pytest.mark.slow
+def test_the_runner_says_when_it_sets_an_unreadable_checkpoint_aside(tmp_path, capsys):
+    spec = resolve(expand(load_study("mask_structure"), load_profile("smoke"), 1,
+                          defaults={"trainer.precision": "32-true"}))[0][0]
+    run_dir = RunDir.of(tmp_path / "runs", spec)
+    run_dir.write_spec(spec)
+    run_dir.checkpoint.parent.mkdir()
+    run_dir.checkpoint.write_bytes(b"\0garbage")
+    args = ["mask_structure", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"), "--reports-dir",
+            str(tmp_path / "reports"), "--wandb", "disabled"]
+    assert study_main(args) == 0
+    out = capsys.readouterr().out
+    assert f"warning: checkpoint {run_dir.checkpoint} is unreadable" in out and "from scratch" in out
+    assert run_dir.read_result().resumes == []

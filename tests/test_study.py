@@ -10,14 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from scipy import stats
 
 from resattn.commands import report_main, study_main
-from resattn.report.stats import holm, summarise
-from resattn.study.spec import load_study
+from resattn.report.stats import holm
 from resattn.study.store import RunDir, study_results
 from resattn.study.wandb_runs import decide_mode
-from tests.test_store import _result, _runs
 from tests.wandb_records import history_and_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,23 +35,6 @@ def test_wandb_mode_is_decided_before_any_run(monkeypatch, tmp_path):
 def test_holm_matches_the_textbook_procedure():
     assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
     assert holm([0.5, 0.9]) == [1.0, 1.0]
-
-
-def test_summary_statistics():
-    study = load_study("mask_structure")
-    errors = {"hourglass": [5.0, 6.0, 7.0], "local_conv": [7.5, 6.5, 9.0]}
-    specs = {(r.variant, r.seed): r for r in _runs(seeds=3)}
-    results = [_result(specs[v, s], test_error=e) for v, errs in errors.items() for s, e in enumerate(errs)]
-    df = summarise(study, results).set_index("variant")
-    assert df.loc["hourglass", "error_mean"] == pytest.approx(6.0)
-    assert df.loc["hourglass", "error_std"] == pytest.approx(1.0)
-    half = stats.t.ppf(0.975, 2) / math.sqrt(3)
-    assert df.loc["hourglass", "ci95_low"] == pytest.approx(6.0 - half)
-    assert df.loc["local_conv", "diff_vs_ref"] == pytest.approx(5 / 3)
-    assert df.loc["local_conv", "p_value"] == pytest.approx(
-        stats.ttest_rel(errors["local_conv"], errors["hourglass"]).pvalue)
-    assert df.loc["local_conv", "direction_reproduced"] == "yes"  # paper: 6.48 > 5.52
-    assert df.loc["hourglass", "direction_reproduced"] == "reference"
 
 
 def _study(tmp_path, capsys, name="mask_structure", *args):

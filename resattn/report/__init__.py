@@ -68,15 +68,18 @@ def header(study: Study, results: list[RunResult], expected: list[RunSpec] | Non
     if diverged:
         lines += [
             "",
-            f"Diverged runs ({len(diverged)}; non-finite training loss, left out of the statistics, counted in "
-            "the seeds column): "
+            f"Diverged runs ({len(diverged)}; non-finite training loss; they count with the error of chance, "
+            "1 − 1/classes, in every statistic, and are named in the seeds column): "
             + ", ".join(f"{r.run_id} at step {r.diverged.step} (loss {r.diverged.loss})" for r in diverged),
         ]
     lines += [
         "",
-        "Δ vs ref: mean over matched seeds of (variant − reference) test error, in percentage points; "
-        "p: paired t-test over those seeds, then Holm-corrected over the study's comparisons; "
-        "paper's direction: whether the sign of Δ matches the paper's.",
+        "Δ vs ref: mean over matched seeds of (variant − reference) test error, in percentage points, with its "
+        "95% paired t interval; p (Holm): the paired t-test's p-value, Holm-adjusted over the study's comparisons. "
+        "Verdict: reproduced = the interval excludes 0 on the paper's side and p (Holm) < 0.05; contradicted = it "
+        "excludes 0 on the other side and p (Holm) < 0.05; inconclusive = anything else: these seeds cannot tell. "
+        "Detectable |Δ|: the smallest difference this many seeds would detect with 80% power, from the observed "
+        "SD of the paired differences; seeds for paper Δ: how many seeds that SD needs to detect the paper's Δ.",
     ]
     return "\n".join(lines)
 

@@ -51,7 +51,8 @@ def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path) -> Path:
     x = np.arange(len(df))
     mean = df["error_mean"].to_numpy()
     ci = np.where(df["seeds"] > 1, (df["ci95_high"] - df["ci95_low"]).to_numpy() / 2, np.nan)
-    ax.errorbar(x, mean, yerr=np.nan_to_num(ci), fmt="o", color="C0", capsize=5, label="this study (mean, 95% CI)")
+    label = "this study (mean, 95% CI)" if (df["seeds"] > 1).any() else "this study (1 seed: no interval)"
+    ax.errorbar(x, mean, yerr=np.nan_to_num(ci), fmt="o", color="C0", capsize=5, label=label)
     if df["paper_error"].notna().any():
         ax.scatter(x, df["paper_error"], marker="x", s=70, color="C3", zorder=3, label="paper")
     ax.set_xticks(x, df["variant"], rotation=30 if len(df) > 4 else 0, ha="right" if len(df) > 4 else "center")

@@ -15,10 +15,12 @@ COLUMNS = {  # summary column -> heading of the human-readable tables
     "error": "test error % (mean ± std)",
     "ci95": "95% CI",
     "paper_error": "paper %",
-    "diff_vs_ref": "Δ vs ref (pp)",
-    "p_value": "p (paired t)",
+    "diff_vs_ref": "Δ vs ref, pp [95% CI]",
+    "paper_diff": "paper Δ",
     "p_holm": "p (Holm)",
-    "direction_reproduced": "paper's direction",
+    "verdict": "verdict",
+    "detectable_diff": "detectable |Δ| (80% power)",
+    "seeds_for_paper_diff": "seeds for paper Δ",
     "params_m": "params (M)",
     "gflops": "GFLOPs",
     "wall_time_min": "wall time (min)",
@@ -28,7 +30,16 @@ COLUMNS = {  # summary column -> heading of the human-readable tables
 def _num(value: float, digits: int = 2, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
+    if math.isinf(value):
+        return "∞"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _delta(row) -> str:
+    if row.reference == row.variant:
+        return "reference"
+    interval = "" if math.isnan(row.diff_ci95_low) else f" [{_num(row.diff_ci95_low)}, {_num(row.diff_ci95_high)}]"
+    return f"{_num(row.diff_vs_ref, signed=True)}{interval} vs {row.reference}"
 
 
 def readable(df: pd.DataFrame) -> pd.DataFrame:
@@ -36,20 +47,19 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "variant": df["variant"],
-            "seeds": [f"{s}" + (f" (+{d} diverged)" if d else "") for s, d in zip(df["seeds"], df["diverged"])],
+            "seeds": [f"{s}" + (f" ({d} diverged)" if d else "") for s, d in zip(df["seeds"], df["diverged"])],
             "error": [f"{_num(m)} ± {_num(s)}" for m, s in zip(df["error_mean"], df["error_std"])],
             "ci95": [
                 f"[{_num(lo)}, {_num(hi)}]" if not math.isnan(lo) else "—"
                 for lo, hi in zip(df["ci95_low"], df["ci95_high"])
             ],
             "paper_error": [_num(v) for v in df["paper_error"]],
-            "diff_vs_ref": [
-                f"{_num(d, signed=True)} vs {r}" if r != v else "reference"
-                for d, r, v in zip(df["diff_vs_ref"], df["reference"], df["variant"])
-            ],
-            "p_value": [_num(v, 3) for v in df["p_value"]],
+            "diff_vs_ref": [_delta(row) for row in df.itertuples()],
+            "paper_diff": [_num(v, signed=True) for v in df["paper_diff"]],
             "p_holm": [_num(v, 3) for v in df["p_holm"]],
-            "direction_reproduced": df["direction_reproduced"],
+            "verdict": df["verdict"],
+            "detectable_diff": [_num(v) for v in df["detectable_diff"]],
+            "seeds_for_paper_diff": [_num(v, 0) for v in df["seeds_for_paper_diff"]],
             "params_m": [_num(v, 3) for v in df["params_m"]],
             "gflops": [_num(v, 3) for v in df["gflops"]],
             "wall_time_min": [_num(v, 1) for v in df["wall_time_min"]],
