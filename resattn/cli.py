@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from resattn.data import CIFARDataModule
@@ -33,6 +34,7 @@ class ResAttnCLI(LightningCLI):
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file.")
+        self.datamodule.verify()  # missing or corrupt data (or a failed download): one line, before training
         type(self).started = True
 
     def before_fit(self) -> None:
@@ -66,7 +68,7 @@ def cli_main(args: list[str] | None = None) -> ResAttnCLI:
             trainer_defaults={"num_sanity_val_steps": 0},
             auto_configure_optimizers=False,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, MisconfigurationException) as err:
         if ResAttnCLI.started:  # an error while training is no bad input: its traceback matters
             raise
         print(f"error: {err}", file=sys.stderr)

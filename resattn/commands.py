@@ -163,6 +163,9 @@ def study_main(argv: list[str] | None = None) -> int:
     except StopRequested as stop:
         print(str(stop), file=sys.stderr)
         return EXIT_STOPPED
+    except KeyboardInterrupt:  # during the checks: nothing was written yet
+        print("interrupted before anything was written.", file=sys.stderr)
+        return EXIT_STOPPED
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -218,9 +221,11 @@ def write_reports(
             continue
         folder = report_folder(reports_dir, study, name)
         expected = [s for s in specs if s.configuration == name] or None
-        written[folder] = build_report(
+        files = build_report(
             study, group, folder, runs_dir if from_store else None, expected, wandb_mode, project, entity
         )
+        if files:
+            written[folder] = files
     return written
 
 
@@ -253,7 +258,14 @@ def report_main(argv: list[str] | None = None) -> int:
         if args.from_wandb:
             from resattn.study.wandb_runs import results_from_project
 
-            results = results_from_project(args.from_wandb, study.name, study_dir(args.runs_dir, study.name, "wandb"))
+            if args.from_wandb.count("/") != 1:
+                raise ValueError(f"--from-wandb {args.from_wandb!r}: expected ENTITY/PROJECT.")
+            try:
+                results = results_from_project(
+                    args.from_wandb, study.name, study_dir(args.runs_dir, study.name, "wandb")
+                )
+            except Exception as err:  # no credentials, no network, no such project: W&B says which
+                raise ValueError(f"--from-wandb {args.from_wandb}: {type(err).__name__}: {err}") from err
         else:
             results = study_results(args.runs_dir, study.name)
         from resattn.report import by_configuration

@@ -287,6 +287,21 @@ class CIFARDataModule(L.LightningDataModule):
             raise ValueError(f"dataset={dataset!r}; allowed: 'cifar10', 'cifar100', 'synthetic', 'imagefolder'.")
         if not 0.0 <= label_noise < 1.0:
             raise ValueError(f"label_noise={label_noise!r} must be in [0, 1): it is the noise level 1 - r.")
+        sizes = {
+            "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size,
+            "train_size": train_size,
+            "test_size": test_size,
+            "synthetic_classes": synthetic_classes,
+        }
+        for name, value in sizes.items():
+            if value is not None and value < (2 if name == "synthetic_classes" else 1):
+                raise ValueError(f"{name}={value!r} must be at least {2 if name == 'synthetic_classes' else 1}.")
+        if val_size < 0 or num_workers < 0 or len(synthetic_size) != 2 or min(synthetic_size) < 1:
+            raise ValueError(
+                f"val_size={val_size!r} and num_workers={num_workers!r} must be >= 0, synthetic_size="
+                f"{synthetic_size!r} two sizes >= 1."
+            )
         self.save_hyperparameters()
         self.noise_rate: float | None = None
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

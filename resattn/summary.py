@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = ArgumentParser(prog="python -m resattn summary", description=__doc__)
     parser.add_class_arguments(ModelConfig)
     args = parser.parse_args(argv)
-    result = summary(ModelConfig(**vars(args)))
+    try:
+        config = ModelConfig(**vars(args))
+    except ValueError as err:
+        parser.error(str(err))  # one line, exit 2
+    result = summary(config)
     print(json.dumps(result, indent=2))
     return result

@@ -77,6 +77,9 @@ def test_fit_cli_saves_the_resolved_config(tmp_path):
         (["predict"], ["invalid choice: 'predict'", "fit", "validate", "test"]),
         (["fit", "--optimizer", "Adam"], ["unrecognized arguments: --optimizer Adam"]),
         (["fit", "--model.family", "imagenet", "--model.depth", "128"], ["depth=128 has no imagenet layout", "56, 92"]),
+        (["fit", "--trainer.accelerator", "gpu"], ["gpu"]),
+        (["fit", "--data.data_dir", "nowhere", "--data.download", "false"], ["cifar10 not found", "--data.data_dir"]),
+        (["summary", "--depth", "57"], ["depth=57 has no cifar layout"]),
     ],
 )
 def test_single_run_cli_bad_input_is_one_line_not_a_traceback(tmp_path, args, words):

@@ -169,7 +169,7 @@ def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, capsys):
     results = study_results(tmp_path / "runs", "mask_structure")
     assert len(results) == 2 and {r.status for r in results} == {"diverged"}
     for r in results:
-        assert r.diverged["step"] >= 1 and r.diverged["loss"] in ("nan", "inf", "-inf")
+        assert r.diverged.step >= 1 and r.diverged.loss in ("nan", "inf", "-inf")
         assert r.test_error is None
     assert out.count("DIVERGED at step") == 2
     report = next((tmp_path / "reports" / "mask_structure").iterdir())

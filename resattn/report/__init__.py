@@ -61,8 +61,8 @@ def header(study: Study, results: list[RunResult], expected: list[RunSpec] | Non
     if older:
         lines += [
             "",
-            f"Left out ({len(older)}): runs of this configuration trained with other settings (the profile or study "
-            "YAML changed since): " + ", ".join(r.run_id for r in older),
+            f"Left out ({len(older)}): runs of this configuration trained with other settings or variants (the "
+            "profile or study YAML changed since): " + ", ".join(r.run_id for r in older),
         ]
     diverged = [r for r in results if r.status == "diverged"]
     if diverged:
@@ -99,7 +99,12 @@ def build_report(
     masks from ``runs_dir`` (when given); ``expected`` (the runs the study asked for) names the
     missing ones. Returns the files written."""
     out = out or sys.stdout
-    results, older = current_settings(results)
+    order = [study.variant_name(v) for v in study.variants()]
+    unknown = [r for r in results if r.variant not in order]  # variants the study YAML no longer has
+    results, older = current_settings([r for r in results if r.variant in order])
+    older += unknown
+    if not results:
+        return []
     if expected:
         expected = [s for s in expected if s.settings_digest == results[0].settings_digest]
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,7 +114,6 @@ def build_report(
     subtitle = f"{study.name}, profile {results[0].profile}, {len({r.seed for r in results})} seed(s)"
     finished = [r for r in results if r.status == "finished"]  # curves and probes: diverged runs left out
     first_seed = min((r.seed for r in finished), default=None)
-    order = [study.variant_name(v) for v in study.variants()]
     shown = sorted((r for r in finished if r.seed == first_seed), key=lambda r: order.index(r.variant))
     mask_files = {r.variant: RunDir.of(runs_dir, r).masks for r in shown} if runs_dir is not None else {}
     for path in (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -205,7 +206,13 @@ class SlurmExecutor:
 
     def _executor(self, folder: Path):
         parameters = dict(self.parameters)
-        executor = self._submitit.AutoExecutor(folder=str(folder), cluster=parameters.pop("cluster", None))
+        cluster = parameters.pop("cluster", None)
+        if cluster is None and shutil.which("sbatch") is None:  # submitit would quietly run on this machine
+            raise ValueError(
+                "--executor slurm: no SLURM here (no sbatch on PATH); run where SLURM is, or add --slurm cluster=local "
+                "to run the array on this machine."
+            )
+        executor = self._submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         gpus = {"gpus_per_node": self.gpus} if self.gpus else {}
         try:
             executor.update_parameters(

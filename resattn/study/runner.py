@@ -207,7 +207,7 @@ def check_options(
 ) -> None:
     """The runner's own numeric and choice options (each named as its flag), before anything else."""
     checks = [
-        ("--seeds", seeds, seeds is None or (isinstance(seeds, int) and seeds >= 1), "an integer >= 1"),
+        ("--seeds", seeds, seeds is None or (isinstance(seeds, int) and 1 <= seeds <= 1000), "an integer in [1, 1000]"),
         ("--jobs", jobs, isinstance(jobs, int) and jobs >= 1, "an integer >= 1"),
         (
             "--cpus-per-run",
@@ -259,6 +259,8 @@ def run_study(
     """
     out = out or sys.stdout
     check_options(seeds, jobs, cpus_per_run, gpus_per_run, max_retries, executor)
+    if slurm and executor != "slurm":
+        raise ValueError(f"--slurm is for --executor slurm, not --executor {executor}.")
     check_folder(runs_dir, "--runs-dir")
     study = load_study(study_name)
     prof = load_profile(profile)
@@ -431,6 +433,6 @@ def schedule(
             signal.signal(sig, handler)
     if stop.is_set():
         raise StopRequested(
-            "interrupted: the runs in flight saved checkpoints; run the same command again to continue."
+            "interrupted: each run in flight kept a checkpoint if it had one; run the same command again to continue."
         )
     return len(failed)

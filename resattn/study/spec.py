@@ -292,6 +292,12 @@ def expand(
         for factor, level in zip(study.factors, levels):
             settings.update(factor.levels[level])
             factor_settings |= set(factor.levels[level])
+        clash = sorted(set(overrides) & factor_settings)
+        if clash:
+            raise ValueError(
+                f"--set {clash[0]}: this study varies it (its factor levels set {', '.join(sorted(factor_settings))}); "
+                "a --set would give every variant the same value. Edit the factor in a copy of the study YAML instead."
+            )
         # the command line's settings, where they change what the profile and study set
         changed = {k: v for k, v in overrides.items() if k not in settings or settings[k] != v}
         settings.update(overrides)
