@@ -242,6 +242,11 @@ def report_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("study", help=f"one of: {', '.join(available_studies())}; or the path of a study YAML")
     parser.add_argument("--list", action="store_true", help="list the configurations that have results")
+    parser.add_argument(
+        "--wandb-dirs",
+        action="store_true",
+        help="print the offline W&B folders to upload (wandb sync $(...)), abandoned attempts left out",
+    )
     parser.add_argument("--configuration", default=None, help="report only this configuration (see --list)")
     parser.add_argument("--profile", default=None, help="report only the configurations of this profile")
     parser.add_argument(
@@ -255,6 +260,12 @@ def report_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         study = load_study(args.study)
+        if args.wandb_dirs:
+            from resattn.study.store import study_runs
+            from resattn.study.wandb_runs import sync_dirs
+
+            print("\n".join(str(p) for p in sync_dirs(study_runs(args.runs_dir, study.name)) if p.is_dir()))
+            return EXIT_OK
         if args.from_wandb:
             from resattn.study.wandb_runs import results_from_project
 

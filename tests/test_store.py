@@ -149,3 +149,14 @@ def test_no_path_of_the_run_layout_is_spelled_outside_the_store():
              '"train.log"', '"latest.json"', '"config.yaml"', '"_slurm"', '"_wandb"', '"_report', '"lock"')
     offenders = [(p.name, n) for p in root.rglob("*.py") if p.name != "store.py" for n in names if n in p.read_text()]
     assert offenders == []
+
+
+def test_wandb_dirs_leave_out_abandoned_attempts(tmp_path):
+    from resattn.study.wandb_runs import sync_dirs
+
+    spec = _runs()[0]
+    run_dir = RunDir.of(tmp_path, spec)
+    run_dir.write_spec(spec)
+    current = run_dir.path / "wandb" / "offline-run-2-new"
+    run_dir.wandb_ids.write_text(json.dumps({"abandoned": ["old"], "id": "new", "segments": [str(current / "files")]}))
+    assert sync_dirs([run_dir]) == [current]

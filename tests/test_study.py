@@ -100,6 +100,10 @@ def test_a_study_skips_finished_runs_logs_to_wandb_and_keeps_its_ids_across_data
     # one W&B report run per configuration, updated by every invocation (5 so far), never duplicated
     segments = list((tmp_path / "runs" / "mask_structure" / "_report-smoke" / "wandb").glob("offline-run-*"))
     assert len(segments) == 5 and len({p.name.split("-", 3)[-1] for p in segments}) == 1
+    capsys.readouterr()
+    assert report_main(["mask_structure", "--wandb-dirs", "--runs-dir", str(tmp_path / "runs")]) == 0
+    dirs = capsys.readouterr().out.split()
+    assert len(dirs) == 4 and all(list(Path(d).glob("run-*.wandb")) for d in dirs)  # the training runs only
 
     # deleting one result retrains that run only
     victim = sorted(results)[1]

@@ -108,6 +108,18 @@ def finish_run(wandb_run, result: RunResult, images, masks: dict, run_dir: RunDi
     wandb_run.finish(exit_code=0 if result.status == "finished" else 1)
 
 
+def sync_dirs(run_dirs: list[RunDir]) -> list[Path]:
+    """The offline W&B folders worth uploading (``wandb sync``): every segment of each run's current
+    W&B run; attempts abandoned by a restart from scratch (``abandoned`` in ``wandb.json``) are left out."""
+    out = []
+    for run_dir in run_dirs:
+        if run_dir.wandb_ids.is_file():
+            for segment in json.loads(run_dir.wandb_ids.read_text()).get("segments", []):
+                folder = Path(segment)
+                out.append(folder.parent if folder.name == "files" else folder)
+    return out
+
+
 def report_run_id(study: str, configuration: str) -> str:
     """The W&B id of a study configuration's report run: the same on every invocation, so the
     report run is updated (``resume="allow"``), never duplicated."""
