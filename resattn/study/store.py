@@ -163,8 +163,6 @@ Status = Literal["finished", "diverged"]
 class RunResult(RunSpec):
     """What a run gave (``result.json``): its spec, provenance, cost, metrics and probes."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     status: Status
     git_commit: str
     versions: dict[str, str]
