@@ -174,7 +174,7 @@ def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, capsys):
     assert out.count("DIVERGED at step") == 2
     report = next((tmp_path / "reports" / "mask_structure").iterdir())
     assert "Diverged runs (2" in (report / "table.md").read_text()
-    assert "(+1 diverged)" in (report / "table.md").read_text()
+    assert "1 (1 diverged)" in (report / "table.md").read_text()
     assert pd.read_csv(report / "table.csv")["diverged"].tolist() == [1, 1]
     # diverged runs count as done: the same command trains nothing
     assert study_main(args) == 0

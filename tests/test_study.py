@@ -99,7 +99,8 @@ def test_a_study_skips_finished_runs_logs_to_wandb_and_keeps_its_ids_across_data
     assert sorted(p.name for p in (tmp_path / "reports" / "mask_structure").iterdir()) == ["smoke"]
     # one W&B report run per configuration, updated by every invocation (5 so far), never duplicated
     segments = list((tmp_path / "runs" / "mask_structure" / "_report-smoke" / "wandb").glob("offline-run-*"))
-    assert len(segments) == 5 and len({p.name.split("-", 3)[-1] for p in segments}) == 1
+    ids = {f.name for segment in segments for f in segment.glob("run-*.wandb")}  # run-<W&B id>.wandb
+    assert len(segments) == 5 and len(ids) == 1, ids
     capsys.readouterr()
     assert report_main(["mask_structure", "--wandb-dirs", "--runs-dir", str(tmp_path / "runs")]) == 0
     dirs = capsys.readouterr().out.split()
