@@ -7,6 +7,7 @@ structure (``MASK_BODIES``), its normalisation (``NORMALIZERS``) and the attenti
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -114,17 +115,29 @@ class HourglassMask(nn.Module):
 
 
 class LocalConvMask(nn.Module):
-    """Local-convolution body (paper Table 4): three residual units, no down- or up-sampling."""
+    """Local-convolution body (paper Table 4): residual units at full resolution, no down- or up-sampling.
 
-    def __init__(self, channels: int, pools: int, r: int) -> None:  # same signature as HourglassMask
+    ``units=3`` is PAPER.md's literal reading (``local_conv``); it costs 3.8x the multiply-adds of
+    the hourglass mask it replaces. The paper's local-convolution mask has "the same number of
+    FLOPs" as the hourglass: ``local_conv_matched`` keeps one full-resolution unit, the count whose
+    cost is closest to the hourglass's (which, pooled, costs about 0.97 / 0.88 / 0.5
+    full-resolution units in stages 1 / 2 / 3), so the network's multiply-adds are within 10% of
+    the hourglass network's (tested for every CIFAR depth).
+    """
+
+    def __init__(self, channels: int, pools: int, r: int, units: int = 3) -> None:  # HourglassMask's signature
         super().__init__()
-        self.units = residual_units(channels, 3)
+        self.units = residual_units(channels, units)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.units(x)
 
 
-MASK_BODIES: dict[str, type[nn.Module]] = {"hourglass": HourglassMask, "local_conv": LocalConvMask}
+MASK_BODIES: dict[str, Callable[..., nn.Module]] = {
+    "hourglass": HourglassMask,
+    "local_conv": LocalConvMask,  # three units, as PAPER.md reads Table 4 literally
+    "local_conv_matched": functools.partial(LocalConvMask, units=1),  # at the hourglass's compute
+}
 
 
 class SoftMaskBranch(nn.Module):
@@ -132,6 +145,7 @@ class SoftMaskBranch(nn.Module):
 
     def __init__(self, channels: int, structure: str, normalization: str, pools: int, r: int) -> None:
         super().__init__()
+        self.normalization = normalization
         self.body = _lookup(MASK_BODIES, structure, "mask_structure")(channels, pools, r)
         self.head = nn.Sequential(bn_relu_conv(channels, channels, 1), bn_relu_conv(channels, channels, 1))
         self.normalize = _lookup(NORMALIZERS, normalization, "normalization")

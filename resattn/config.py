@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 AttentionLearning = Literal["arl", "nal", "none"]
-MaskStructure = Literal["hourglass", "local_conv"]
+MaskStructure = Literal["hourglass", "local_conv", "local_conv_matched"]
 Normalization = Literal["mixed", "channel", "spatial"]
 Family = Literal["cifar", "imagenet"]
 
 ATTENTION_LEARNING = ("arl", "nal", "none")
-MASK_STRUCTURES = ("hourglass", "local_conv")
+MASK_STRUCTURES = ("hourglass", "local_conv", "local_conv_matched")
 NORMALIZATIONS = ("mixed", "channel", "spatial")
 FAMILIES = ("cifar", "imagenet")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # the CIFAR data sets and their class counts
@@ -64,7 +64,7 @@ class ModelConfig:
 
     depth: int = 56  # CIFAR: 56, 92, 128, 164, 236, 452; ImageNet: 56, 92
     attention_learning: AttentionLearning = "arl"  # arl: H=(1+M)*T (Eq. 3); nal: H=M*T (Eq. 1)
-    mask_structure: MaskStructure = "hourglass"  # bottom-up top-down, or three local residual units
+    mask_structure: MaskStructure = "hourglass"  # bottom-up top-down; three local units; one (FLOP-matched)
     normalization: Normalization = "mixed"  # f1 sigmoid, f2 channel L2, f3 spatial standardise+sigmoid
     family: Family = "cifar"  # input family: cifar (32x32) or imagenet (224x224)
     num_classes: int = 10

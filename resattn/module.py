@@ -19,8 +19,9 @@ class ResidualAttentionClassifier(L.LightningModule):
     Nesterov SGD (momentum 0.9, weight decay 1e-4); the learning rate is divided by 10 at 40% and
     60% of the total optimiser steps (the paper's 64k and 96k of 160k). Metrics are logged per
     epoch as ``{train,val,test}/{loss,acc1,acc5,err1,err5}``; probes (``probe/...``) run on the
-    validation data. The test error is that of the weights at the end of training: no checkpoint
-    is selected on test or validation data.
+    validation data after each epoch, and on the test data when the final weights are tested. The
+    test error is that of the weights at the end of training: no checkpoint is selected on test or
+    validation data.
 
     Args:
         depth, attention_learning, mask_structure, normalization, family, num_classes, width, p, t,
@@ -32,7 +33,8 @@ class ResidualAttentionClassifier(L.LightningModule):
         lr_milestones: fractions of the total steps at which the learning rate is multiplied by
             ``lr_gamma``.
         lr_gamma: the factor of each decay.
-        probes: log the Fig. 4 response probe and mask statistics after each validation epoch.
+        probes: log the Fig. 4 response probe and mask statistics after each validation epoch, and
+            keep those of the tested weights (``probe_results``, on the test split).
         channels_last: run the network in channels_last memory format (measured faster on this
             project's CPU machine: 81 vs 53 img/s for Attention-56, see README "Performance").
         compile: ``torch.compile`` the network (in place; checkpoints keep their keys). Its
@@ -96,7 +98,7 @@ class ResidualAttentionClassifier(L.LightningModule):
             loss.persistent(True)
         # a torchmetrics Metric: its sums are synced over the ranks in compute(), and are in no checkpoint
         self.probe = ResponseProbe()
-        self.probe_results: dict[str, float] = {}
+        self.probe_results: dict[str, float] = {}  # of the last test: the final weights, on the test split
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -141,15 +143,20 @@ class ResidualAttentionClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        if self.hparams.probes:  # over every rank's batches: the same on each rank, so no sync_dist
+            self.log_dict({f"probe/{k}": v for k, v in self.probe.compute().items()}, sync_dist=False)
+
+    def on_test_epoch_start(self) -> None:
         if self.hparams.probes:
-            self.probe_results = self.probe.compute()  # over every rank's batches: the same on each rank
-            self.log_dict({f"probe/{k}": v for k, v in self.probe_results.items()}, sync_dist=False)  # synced
+            self.probe.attach(self.net)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+        if self.hparams.probes:  # the probe of the weights tested: Fig. 4 on the final weights
+            self.probe_results = self.probe.compute()
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resattn import AttentionModule, normalize_mask
-from resattn.attention import CHANNEL_EPS, SPATIAL_EPS, HourglassMask, LocalConvMask, SoftMaskBranch
+from resattn.attention import CHANNEL_EPS, MASK_BODIES, SPATIAL_EPS, HourglassMask, LocalConvMask, SoftMaskBranch
 from resattn.layers import ResidualUnit
 
 
@@ -90,17 +90,35 @@ def test_hourglass_unit_counts_match_the_caffe_layout(pools, units):
 
 @pytest.mark.parametrize("size", [(32, 32), (33, 31), (5, 7)])
 def test_mask_output_matches_trunk_shape_at_odd_sizes(size):
-    for structure in ("hourglass", "local_conv"):
+    for structure in MASK_BODIES:
         mask = SoftMaskBranch(8, structure, "mixed", pools=3, r=1)
         x = torch.randn(2, 8, *size)
         assert mask(x).shape == x.shape
 
 
-def test_local_conv_mask_is_three_full_resolution_units():
-    body = LocalConvMask(8, pools=3, r=1)
-    assert sum(isinstance(m, ResidualUnit) for m in body.modules()) == 3
+@pytest.mark.parametrize("structure, units", [("local_conv", 3), ("local_conv_matched", 1)])
+def test_local_conv_masks_are_full_resolution_units(structure, units):
+    body = MASK_BODIES[structure](8, pools=3, r=1)
+    assert isinstance(body, LocalConvMask)
+    assert sum(isinstance(m, ResidualUnit) for m in body.modules()) == units
     x = torch.randn(1, 8, 9, 9)
     assert body(x).shape == x.shape
+
+
+@pytest.mark.parametrize("depth", [56, 92, 128, 164, 236, 452])
+def test_matched_local_conv_network_costs_the_hourglass_networks_macs(depth):
+    """Table 4 compares masks of "the same number of FLOPs": the matched local-conv network's
+    multiply-adds are within 10% of the hourglass network's; the literal three-unit one's are not."""
+    from resattn import ModelConfig, build_model
+    from resattn.summary import model_cost
+
+    macs = {
+        s: model_cost(build_model(ModelConfig(depth=depth, mask_structure=s)))["macs"]
+        for s in ("hourglass", "local_conv_matched", "local_conv")
+    }
+    assert abs(macs["local_conv_matched"] / macs["hourglass"] - 1) < 0.10
+    if depth == 56:
+        assert macs["local_conv"] / macs["hourglass"] > 1.2  # the literal reading: +24% for Attention-56
 
 
 def _capture(module: AttentionModule, mask_value: float | None, x: torch.Tensor):

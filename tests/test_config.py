@@ -71,7 +71,13 @@ def test_trunk_depth_is_the_name(depth):
     assert 1 + 3 * len(trunk_units) + 1 == depth
 
 
-def test_every_switch_has_a_value_table():
-    assert set(ATTENTION_LEARNING) == {"arl", "nal", "none"}
-    assert set(MASK_STRUCTURES) == {"hourglass", "local_conv"}
-    assert set(NORMALIZATIONS) == {"mixed", "channel", "spatial"}
+def test_every_switch_value_has_an_implementation_and_a_type():
+    """The allowed values, the Literal types the CLI validates with, and the factories agree."""
+    from typing import get_args
+
+    from resattn.attention import LEARNING_RULES, MASK_BODIES, NORMALIZERS
+    from resattn.config import AttentionLearning, MaskStructure, Normalization
+
+    assert set(ATTENTION_LEARNING) == set(get_args(AttentionLearning)) == set(LEARNING_RULES)
+    assert set(MASK_STRUCTURES) == set(get_args(MaskStructure)) == set(MASK_BODIES)
+    assert set(NORMALIZATIONS) == set(get_args(Normalization)) == set(NORMALIZERS)

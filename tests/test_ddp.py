@@ -1,4 +1,4 @@
-"""A real two-process DDP validation (CPU, gloo) against a one-process one on the same data and weights."""
+"""A real two-process DDP test pass (CPU, gloo) against a one-process one on the same data and weights."""
 
 import json
 
@@ -16,7 +16,7 @@ class SaveProbe(Callback):
     def __init__(self, folder):
         self.folder = folder
 
-    def on_validation_end(self, trainer, pl_module):
+    def on_test_end(self, trainer, pl_module):
         path = self.folder / f"rank{trainer.global_rank}.json"
         path.write_text(json.dumps(pl_module.probe_results))
 
@@ -38,7 +38,7 @@ def _probe(tmp_path, name, weights, **trainer_kwargs) -> list[dict[str, float]]:
         callbacks=[SaveProbe(folder)],
         **trainer_kwargs,
     )
-    trainer.validate(model, data, verbose=False)
+    trainer.test(model, data, verbose=False)
     return [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]
 
 
@@ -49,7 +49,7 @@ def test_ddp_probe_covers_every_rank_data(tmp_path):
     (single,) = _probe(tmp_path, "one", weights, devices=1)
     ranks = _probe(tmp_path, "two", weights, devices=2, strategy="ddp_spawn")
     assert len(ranks) == 2 and ranks[0] == ranks[1]  # every rank gets the same, synced values
-    assert len(single) == 3 * 2 + 3 * 4  # 3 stages (mean_abs, rel), 3 masks (mean, std, low, high)
+    assert len(single) == 3 * 2 + 3 * 2 + 3 * 7 + 3 * 5  # stages, fusions, masks, stages' mask quantiles
     assert ranks[0].keys() == single.keys()
     for key, value in single.items():
         assert ranks[0][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

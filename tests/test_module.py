@@ -55,11 +55,13 @@ def test_fit_on_synthetic_data_ends_well_above_chance(tmp_path):
     data = CIFARDataModule(dataset="synthetic", synthetic_size=(2000, 500), batch_size=64)
     trainer = _trainer(tmp_path, max_epochs=8)
     trainer.fit(model, data)
-    metrics = trainer.callback_metrics
+    metrics = dict(trainer.callback_metrics)
     assert metrics["probe/stage1_rel"] == 1.0 and 0 < metrics["probe/stage3_rel"]
-    assert 0 <= metrics["probe/s1m1_low"] <= 1 and 0 < metrics["probe/s2m1_mean"] < 1
-    assert model.probe_results["stage2_rel"] == pytest.approx(metrics["probe/stage2_rel"].item())
+    assert 0 <= metrics["probe/s1m1_q05"] <= metrics["probe/s1m1_q50"] <= metrics["probe/s1m1_q95"] <= 1
+    assert 0 < metrics["probe/s2m1_mean"] < 1
     result = trainer.test(model, data, verbose=False)[0]
+    # the probe of the final weights on the test split: the last validation's (it ran on them, on that split)
+    assert model.probe_results["stage2_rel"] == pytest.approx(metrics["probe/stage2_rel"].item())
     assert result["test/acc1"] > 0.5  # chance is 0.1
     assert result["test/err1"] == pytest.approx(1 - result["test/acc1"])
 
@@ -85,11 +87,15 @@ def test_probe_results_are_logged_and_kept_out_of_checkpoints(tmp_path):
     model = ResidualAttentionClassifier(width=0.125)
     data = CIFARDataModule(dataset="synthetic", synthetic_size=(32, 13), eval_batch_size=8)
     trainer = _trainer(tmp_path)
-    trainer.validate(model, data, verbose=False)
+    trainer.validate(model, data, verbose=False)  # logs the probe, keeps nothing
+    assert model.probe_results == {}
+    logged = {k[6:]: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("probe/")}
+    trainer.test(model, data, verbose=False)  # the tested weights' probe is kept (val_size 0: the same data)
     results = model.probe_results
-    assert results["stage1_rel"] == 1.0 and len(results) == 3 * 2 + 3 * 4
+    # 3 stages (mean_abs, rel), 3 modules (fused abs, rel), 3 masks (mean, std, 5 quantiles), 3 stages' quantiles
+    assert results["stage1_rel"] == 1.0 and len(results) == 3 * 2 + 3 * 2 + 3 * 7 + 3 * 5
     assert model.probe.stage_sums[:, 1].tolist() == [13, 13, 13]  # every image of both batches
-    assert all(trainer.callback_metrics[f"probe/{k}"].item() == pytest.approx(v) for k, v in results.items())
+    assert logged.keys() == results.keys() and all(logged[k] == pytest.approx(v) for k, v in results.items())
     assert not model.probe._handles and not any(s._forward_hooks for s in model.net.stages)
     state = model.state_dict()
     assert not any(k.startswith("probe") for k in state)  # checkpoints of older and newer code load alike

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from resattn import ModelConfig, build_model
-from resattn.config import PRESETS
+from resattn.config import ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS, PRESETS
 
-SWITCHES = list(itertools.product(["arl", "nal", "none"], ["hourglass", "local_conv"], ["mixed", "channel", "spatial"]))
+SWITCHES = list(itertools.product(ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS))
 
 
 @pytest.mark.parametrize("family, depth", [k for k in PRESETS if k[0] == "cifar"])

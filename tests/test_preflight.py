@@ -117,7 +117,7 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
     run_dir = _finished_run(tmp_path)
     before = _snapshot(tmp_path)
     code, out = _main(tmp_path, capsys, "--dry-run", "--seeds", "2")
-    assert code == 0 and out.count("  to train  ") == 3 and f"{run_dir.name}  finished" in out
+    assert code == 0 and out.count("  to train  ") == 5 and f"{run_dir.name}  finished" in out
     assert _snapshot(tmp_path) == before
 
 

@@ -52,16 +52,16 @@ def test_degenerate_cases_are_defined():
 
 
 def _summary(local: list[float], hour: list[float], diverged: tuple = ()):
-    """mask_structure results: the paper has local_conv 0.96 pp worse than the hourglass reference."""
+    """mask_structure results: the paper has the FLOP-matched local_conv 0.96 pp worse than the hourglass reference."""
     specs = {(r.variant, r.seed): r for r in _runs(seeds=len(hour))}
     results = [_result(specs["hourglass", s], test_error=e) for s, e in enumerate(hour)]
     for s, e in enumerate(local):
         if s in diverged:
-            results.append(_result(specs["local_conv", s], status="diverged", test_error=None, test={},
+            results.append(_result(specs["local_conv_matched", s], status="diverged", test_error=None, test={},
                                    diverged={"step": 3, "epoch": 0, "loss": "nan"}))
         else:
-            results.append(_result(specs["local_conv", s], test_error=e))
-    return summarise(load_study("mask_structure"), results).set_index("variant").loc["local_conv"]
+            results.append(_result(specs["local_conv_matched", s], test_error=e))
+    return summarise(load_study("mask_structure"), results).set_index("variant").loc["local_conv_matched"]
 
 
 HOUR = [5.0, 6.0, 7.0, 5.5, 6.5]

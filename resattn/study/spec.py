@@ -2,8 +2,11 @@
 
 A study YAML has ``title``, ``paper_table``, optional ``dataset`` and ``settings``, ``factors``
 (a factor is a list of values of the setting it names, or a mapping of named levels to settings),
-``reference`` (the level each variant is compared with) and ``paper`` (the paper's test error in
-percent, nested in the order of the factors). Settings are the single-run CLI's names:
+optional ``exclude`` (combinations of levels not to run), ``reference`` (the level each variant is
+compared with), ``paper`` (the paper's test error in percent, nested in the order of the factors),
+optional ``paper_response`` (Fig. 4 values by variant), ``notes`` (caveats printed with every
+report) and ``claims`` (the paper's claims this study tests, judged in the claims ledger: see
+:class:`Claim`). Settings are the single-run CLI's names:
 ``model.*``, ``data.*``, ``trainer.*``. The shipped studies and ``profiles.yaml`` are package data
 (``resattn.ablations``, the repository's ``ablations/`` folder); a study may also be the path of a
 YAML file of one's own.
@@ -14,7 +17,7 @@ No torch here: a typo in a study name or flag is answered at once.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,20 @@ ABLATIONS = Path(str(files("resattn.ablations")))
 PROFILES = "profiles"  # ablations/profiles.yaml
 # Factor names that are not "model.<name>" settings.
 FACTOR_SETTINGS = {"dataset": "data.dataset", "label_noise": "data.label_noise"}
-STUDY_KEYS = {"title", "paper_table", "dataset", "settings", "factors", "reference", "paper", "paper_response"}
+STUDY_KEYS = {
+    "title",
+    "paper_table",
+    "dataset",
+    "settings",
+    "factors",
+    "exclude",
+    "reference",
+    "paper",
+    "paper_response",
+    "notes",
+    "claims",
+}
+CLAIM_KINDS = ("each", "trend", "response")
 # How a study run departs from the single-run CLI's defaults (lowest priority: profiles and --set
 # override them): CIFAR is downloaded when it is missing (md5 checked; without a network the study
 # stops before anything is written); one device, no progress bar, model summary or sanity check,
@@ -96,6 +112,32 @@ class Factor:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A claim of the paper and how a study tests it (the ``claims`` list of a study YAML).
+
+    - ``each: [variants]``: every listed variant differs from its reference in the paper's
+      direction (``X beats Y at each depth``); judged by each comparison's verdict.
+    - ``trend: {factor, of: [variants], per, unit}``: the difference (variant − reference) grows
+      or shrinks along a numeric factor as in the paper; judged by the slope of the per-seed
+      differences over the factor (``per`` units of it, called ``unit``).
+    - ``response: {collapses: [variants], holds: [variants], stages, below}``: the Fig. 4 probe:
+      the relative response of ``stages`` falls below ``below`` for the first variants and not for
+      the others.
+    """
+
+    text: str
+    kind: str
+    variants: tuple[str, ...] = ()  # each / trend: compared with their references
+    factor: str | None = None  # trend
+    per: float = 1.0  # trend: the slope is given per this many units of the factor
+    unit: str = ""  # trend: the name of those units
+    collapses: tuple[str, ...] = ()  # response
+    holds: tuple[str, ...] = ()  # response
+    stages: tuple[int, ...] = (2, 3)  # response
+    below: float = 0.1  # response
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     path: Path
@@ -106,11 +148,19 @@ class Study:
     reference: dict[str, str]
     paper: dict[tuple[str, ...], float]
     dataset: str | None = None
-    paper_response: dict[str, list[float]] = field(default_factory=dict)  # Fig. 4 curves, by label
+    paper_response: dict[str, list[float]] = field(default_factory=dict)  # Fig. 4 curves, by variant
+    exclude: tuple[dict[str, tuple[str, ...]], ...] = ()  # level combinations not run
+    notes: str = ""
+    claims: tuple[Claim, ...] = ()
 
     def variants(self) -> list[tuple[str, ...]]:
-        """Every combination of factor levels, in the order of the YAML."""
-        return list(itertools.product(*(list(f.levels) for f in self.factors)))
+        """Every combination of factor levels, in the order of the YAML, but the excluded ones."""
+        names = [f.name for f in self.factors]
+        return [
+            levels
+            for levels in itertools.product(*(list(f.levels) for f in self.factors))
+            if not any(all(dict(zip(names, levels))[k] in v for k, v in rule.items()) for rule in self.exclude)
+        ]
 
     def variant_name(self, levels: tuple[str, ...]) -> str:
         return "-".join(levels)
@@ -175,6 +225,7 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
             walk(child, prefix + (level,), f"{key}.{level}")
 
     walk(raw.get("paper") or {}, (), "paper")
+    exclude = _exclusions(raw.get("exclude") or [], names, path)
     dataset = raw.get("dataset")
     if dataset is not None and dataset not in NUM_CLASSES:
         raise SpecError(path, "dataset", f"one of {', '.join(NUM_CLASSES)}")
@@ -182,8 +233,8 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     if not isinstance(response, dict) or not all(
         isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in response.values()
     ):
-        raise SpecError(path, "paper_response", "a mapping of label -> list of per-stage numbers")
-    return Study(
+        raise SpecError(path, "paper_response", "a mapping of variant -> list of per-stage numbers")
+    study = Study(
         name=name,
         path=path,
         title=str(raw["title"]),
@@ -194,6 +245,97 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
         paper=paper,
         dataset=dataset,
         paper_response={str(k): [float(x) for x in v] for k, v in response.items()},
+        exclude=exclude,
+        notes=" ".join(str(raw.get("notes") or "").split()),
+    )
+    variants = [study.variant_name(v) for v in study.variants()]
+    for name in response:
+        if str(name) not in variants:
+            raise SpecError(path, f"paper_response.{name}", f"a variant of this study ({', '.join(variants)})")
+    claims = raw.get("claims") or []
+    if not isinstance(claims, list):
+        raise SpecError(path, "claims", "a list of claims, each with `claim` and one of " + ", ".join(CLAIM_KINDS))
+    return replace(study, claims=tuple(_claim(c, i, study, variants, path) for i, c in enumerate(claims)))
+
+
+def _exclusions(raw: Any, factors: dict[str, Factor], path: Path) -> tuple[dict[str, tuple[str, ...]], ...]:
+    """``exclude``: a list of {factor: level or [levels]}; a variant matching every key of one is not run."""
+    if not isinstance(raw, list):
+        raise SpecError(path, "exclude", "a list of {factor: level or [levels]} mappings")
+    rules = []
+    for i, rule in enumerate(raw):
+        if not isinstance(rule, dict) or not rule:
+            raise SpecError(path, f"exclude[{i}]", "a mapping {factor: level or [levels]}")
+        parsed = {}
+        for factor, levels in rule.items():
+            if factor not in factors:
+                raise SpecError(path, f"exclude[{i}].{factor}", f"a factor of this study ({', '.join(factors)})")
+            levels = tuple(str(v) for v in (levels if isinstance(levels, list) else [levels]))
+            bad = [v for v in levels if v not in factors[factor].levels]
+            if bad:
+                raise SpecError(
+                    path, f"exclude[{i}].{factor}", f"levels of {factor} ({', '.join(factors[factor].levels)})"
+                )
+            parsed[str(factor)] = levels
+        rules.append(parsed)
+    return tuple(rules)
+
+
+def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> Claim:
+    """One entry of ``claims`` (see :class:`Claim`), its variants checked against the study's."""
+    key = f"claims[{i}]"
+    kinds = [k for k in CLAIM_KINDS if isinstance(raw, dict) and k in raw]
+    if not isinstance(raw, dict) or not isinstance(raw.get("claim"), str) or len(kinds) != 1:
+        raise SpecError(path, key, "a mapping with `claim` (its text) and exactly one of " + ", ".join(CLAIM_KINDS))
+    extra = set(raw) - {"claim", *CLAIM_KINDS}
+    if extra:
+        raise SpecError(path, f"{key}.{sorted(extra)[0]}", "claim, " + ", ".join(CLAIM_KINDS))
+    kind, body = kinds[0], raw[kinds[0]]
+
+    def variant_list(value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value or any(str(v) not in variants for v in value):
+            raise SpecError(path, where, f"a non-empty list of variants of this study ({', '.join(variants)})")
+        return tuple(str(v) for v in value)
+
+    if kind == "each":
+        return Claim(raw["claim"], kind, variant_list(body, f"{key}.each"))
+    if not isinstance(body, dict):
+        raise SpecError(path, f"{key}.{kind}", "a mapping (see the Claim docstring in resattn/study/spec.py)")
+    if kind == "trend":
+        factor = body.get("factor")
+        if factor not in {f.name for f in study.factors}:
+            raise SpecError(
+                path, f"{key}.trend.factor", f"a factor of this study ({', '.join(f.name for f in study.factors)})"
+            )
+        values = list(next(f for f in study.factors if f.name == factor).levels)
+        try:
+            [float(v) for v in values]
+        except ValueError:
+            raise SpecError(path, f"{key}.trend.factor", f"a factor with numeric levels, not {values}") from None
+        per = body.get("per", 1)
+        if not isinstance(per, (int, float)) or per <= 0:
+            raise SpecError(path, f"{key}.trend.per", "a number > 0")
+        return Claim(
+            raw["claim"],
+            kind,
+            variant_list(body.get("of"), f"{key}.trend.of"),
+            factor,
+            float(per),
+            str(body.get("unit", f"{per:g} {factor}")),
+        )
+    stages = body.get("stages", [2, 3])
+    below = body.get("below", 0.1)
+    if not isinstance(stages, list) or not all(isinstance(s, int) and s >= 1 for s in stages):
+        raise SpecError(path, f"{key}.response.stages", "a list of stage numbers (1-based)")
+    if not isinstance(below, (int, float)):
+        raise SpecError(path, f"{key}.response.below", "a number (a response relative to stage 1)")
+    return Claim(
+        raw["claim"],
+        kind,
+        collapses=variant_list(body.get("collapses"), f"{key}.response.collapses"),
+        holds=variant_list(body["holds"], f"{key}.response.holds") if "holds" in body else (),
+        stages=tuple(stages),
+        below=float(below),
     )
 
 

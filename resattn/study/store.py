@@ -144,7 +144,8 @@ class RunSpec(BaseModel):
         return f"{label}-{digest(changed, 6)}" if changed else label
 
     def dump(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, **self.model_dump(mode="json")}
+        """The record as stored: with its id and precision spelled out (derived, dropped when read)."""
+        return {"run_id": self.run_id, "precision": self.precision, **self.model_dump(mode="json")}
 
 
 class Divergence(BaseModel):
@@ -180,10 +181,11 @@ class RunResult(RunSpec):
     resumes: list[dict[str, Any]]
     test: dict[str, float]
     test_error: float | None
-    probe: dict[str, float]
+    probe: dict[str, float]  # of the final weights (ResponseProbe), on the split ``probe_split``
     noise_rate: float | None
     wandb: dict[str, Any]
     diverged: Divergence | None = None
+    probe_split: str | None = None  # "test": the probe ran when the final weights were tested
 
 
 @contextmanager
@@ -275,6 +277,8 @@ class RunDir:
     def _read(self, path: Path, record: type[RunSpec], what: str, own: bool = True):
         raw = read_json(path)
         stored_id = raw.pop("run_id", None) if isinstance(raw, dict) else None
+        if isinstance(raw, dict):
+            raw.pop("precision", None)  # derived from the config
         try:
             value = record.model_validate(raw)
         except ValidationError as err:

@@ -146,11 +146,12 @@ def train(run_dir: RunDir, wandb_mode: str = "offline", project: str = "resattn"
 def write_result(
     spec: RunSpec, run_dir: RunDir, trainer, data, model, history, wandb_run, wandb_info, diverged=None
 ) -> RunResult | None:
-    """Test the final weights, store the masks, write ``result.json`` (rank zero only), finish W&B."""
-    probe = dict(model.probe_results)
-    test, images, masks = {}, None, {}
+    """Test the final weights (and probe them, on the test split), store the masks, write
+    ``result.json`` (rank zero only), finish W&B. A diverged run is neither tested nor probed."""
+    test, images, masks, probe = {}, None, {}, {}
     if diverged is None:
         test = {k: float(v) for k, v in trainer.test(model, data, verbose=False)[0].items()}
+        probe = dict(model.probe_results)
     if not trainer.is_global_zero:
         return None
     if diverged is None:
@@ -178,6 +179,7 @@ def write_result(
         test=test,
         test_error=100 * test["test/err1"] if test else None,
         probe=probe,
+        probe_split="test" if probe else None,
         noise_rate=data.noise_rate,
         wandb=wandb_info,
         diverged=None

@@ -94,6 +94,7 @@ def finish_run(wandb_run, result: RunResult, images, masks: dict, run_dir: RunDi
     summary = {"status": result.status, "params": result.params, "macs": result.macs, "flops": result.flops}
     if result.test_error is not None:
         summary["test_error"] = result.test_error
+    summary.update({f"probe/{k}": v for k, v in result.probe.items()})  # the final weights' probe
     if result.diverged is not None:
         summary.update({f"diverged/{k}": v for k, v in result.diverged.model_dump().items()})
     wandb_run.summary.update(summary)
