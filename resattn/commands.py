@@ -193,7 +193,27 @@ def study_main(argv: list[str] | None = None) -> int:
         print(f"Report: {folder}/ ({', '.join(p.name for p in files)})")
     if not written:
         print(f"No results for {outcome.study.name} yet: nothing to report.")
+    else:
+        code = _write_ledger(args.reports_dir)
+        if code != EXIT_OK:
+            return code
     return EXIT_FAILED if outcome.failed else EXIT_OK
+
+
+def _write_ledger(reports_dir: Path) -> int:
+    """Rebuild ``reports/CLAIMS.md`` / ``.csv`` from every report's ``claims.csv``; say where."""
+    from resattn.report.claims import write_ledger
+
+    try:
+        md, _ = write_ledger(reports_dir)
+    except (OSError, ValueError) as err:
+        print(
+            f"error: the claims ledger could not be written ({err}); rebuild it with studies/report.py --claims",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(f"Claims ledger: {md} (and {md.with_suffix('.csv').name})")
+    return EXIT_OK
 
 
 def write_reports(
@@ -237,11 +257,20 @@ def report_main(argv: list[str] | None = None) -> int:
         "configuration of a study, whatever command ran last; or from a W&B project.",
         epilog="examples:\n  python studies/report.py ARL_vs_NAL\n  python studies/report.py ARL_vs_NAL --list\n"
         "  python studies/report.py ARL_vs_NAL --configuration quick\n"
+        "  python studies/report.py --claims                  # the claims ledger only\n"
         "  python studies/report.py ARL_vs_NAL --from-wandb my-team/resattn",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("study", help=f"one of: {', '.join(available_studies())}; or the path of a study YAML")
+    parser.add_argument(
+        "study", nargs="?", help=f"one of: {', '.join(available_studies())}; or the path of a study YAML"
+    )
     parser.add_argument("--list", action="store_true", help="list the configurations that have results")
+    parser.add_argument(
+        "--claims",
+        action="store_true",
+        help="rebuild the claims ledger (reports/CLAIMS.md, .csv) from every report's claims.csv; with a study, "
+        "after rebuilding its reports",
+    )
     parser.add_argument(
         "--wandb-dirs",
         action="store_true",
@@ -258,6 +287,15 @@ def report_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
     args = parser.parse_args(argv)
+    if args.study is None and not args.claims:
+        parser.error("name a study (or --claims to rebuild the claims ledger)")
+    if args.study is None:
+        try:
+            check_folder(args.reports_dir, "--reports-dir")
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return _write_ledger(args.reports_dir)
     try:
         study = load_study(args.study)
         if args.wandb_dirs:
@@ -313,4 +351,4 @@ def report_main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return EXIT_OK
+    return _write_ledger(args.reports_dir)

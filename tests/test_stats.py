@@ -1,5 +1,6 @@
-"""Verdicts from intervals and power (issue #11 items 1-2): the numbers against scipy and statsmodels
-on fixed inputs, result sets that give each verdict, and diverged runs counting at chance."""
+"""Verdicts from intervals and power (issue #11): the numbers against scipy and statsmodels on fixed
+inputs, result sets that give each verdict, diverged runs counting at chance, trends judged by the
+slope of the per-seed differences, and the Fig. 4 claim judged against its threshold."""
 
 import math
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from resattn.report.stats import detectable, paired, seeds_needed, summarise, verdict
+from resattn.report.claims import combine, judge
+from resattn.report.stats import detectable, paired, seeds_needed, summarise, trend, verdict
 from resattn.study.spec import load_study
 from tests.test_store import _result, _runs
 
@@ -32,8 +34,9 @@ def test_the_detectable_difference_is_statsmodels(n):
 @pytest.mark.parametrize("delta, sd", [(1.0, 1.0), (0.5, 1.0), (2.0, 0.7), (0.1, 1.3)])
 def test_the_seeds_needed_are_statsmodels(delta, sd):
     power = pytest.importorskip("statsmodels.stats.power")
-    nobs = power.TTestPower().solve_power(effect_size=delta / sd, nobs=None, alpha=0.05, power=0.8,
-                                          alternative="two-sided")
+    nobs = power.TTestPower().solve_power(
+        effect_size=delta / sd, nobs=None, alpha=0.05, power=0.8, alternative="two-sided"
+    )
     assert seeds_needed(delta, sd) == max(2, math.ceil(nobs - 1e-9))
 
 
@@ -57,8 +60,15 @@ def _summary(local: list[float], hour: list[float], diverged: tuple = ()):
     results = [_result(specs["hourglass", s], test_error=e) for s, e in enumerate(hour)]
     for s, e in enumerate(local):
         if s in diverged:
-            results.append(_result(specs["local_conv_matched", s], status="diverged", test_error=None, test={},
-                                   diverged={"step": 3, "epoch": 0, "loss": "nan"}))
+            results.append(
+                _result(
+                    specs["local_conv_matched", s],
+                    status="diverged",
+                    test_error=None,
+                    test={},
+                    diverged={"step": 3, "epoch": 0, "loss": "nan"},
+                )
+            )
         else:
             results.append(_result(specs["local_conv_matched", s], test_error=e))
     return summarise(load_study("mask_structure"), results).set_index("variant").loc["local_conv_matched"]
@@ -102,3 +112,101 @@ def test_a_diverged_run_counts_at_chance_error():
 def test_error_intervals_stay_within_0_and_100():
     row = _summary([99.0, 60.0], [5.0, 6.0])
     assert row["ci95_low"] >= 0 and row["ci95_high"] <= 100
+
+
+DEPTHS = (56, 92, 128, 164)
+
+
+def _arl_vs_nal(gap, seeds: int = 3, probe=lambda variant, seed: {}):
+    """ARL_vs_NAL results: ARL at 5% + noise; NAL at ARL + gap(depth, seed)."""
+    rng = np.random.default_rng(0)
+    specs = {(r.variant, r.seed): r for r in _runs(study="ARL_vs_NAL", seeds=seeds)}
+    results = []
+    for (variant, seed), spec in specs.items():
+        learning, depth = variant.split("-")
+        base = 5.0 + rng.normal(0, 0.3)
+        error = base + (gap(int(depth), seed) if learning == "nal" else 0.0)
+        results.append(_result(spec, test_error=error, probe=probe(variant, seed)))
+    return results
+
+
+@pytest.mark.parametrize(
+    "gap, expected",
+    [
+        (lambda d, s: 0.04 * d + [0.1, -0.2, 0.15][s], "reproduced"),  # grows with depth, as in the paper
+        (lambda d, s: -0.04 * d + [0.1, -0.2, 0.15][s], "contradicted"),  # shrinks
+        (lambda d, s: [0.5, -0.5, 0.1][s] * (d - 110) / 54, "inconclusive"),  # a seed-dependent slope
+    ],
+)
+def test_a_trend_is_judged_by_the_slope_of_the_per_seed_differences(gap, expected):
+    study = load_study("ARL_vs_NAL")
+    claim = next(c for c in study.claims if c.kind == "trend")
+    results = _arl_vs_nal(gap)
+    t = trend(study, results, claim.variants, claim.factor, claim.per)
+    errors = {(r.variant, r.seed): r.test_error for r in results}
+    slopes = [  # an independent computation: numpy's least squares per seed, scipy's t interval over seeds
+        100 * np.polyfit(DEPTHS, [errors[f"nal-{d}", s] - errors[f"arl-{d}", s] for d in DEPTHS], 1)[0]
+        for s in range(3)
+    ]
+    ci = stats.ttest_1samp(slopes, 0.0).confidence_interval(0.95)
+    assert t.slope.n == 3 and t.slope.delta == pytest.approx(np.mean(slopes))
+    assert (t.slope.low, t.slope.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    paper = [study.paper[("nal", str(d))] - study.paper[("arl", str(d))] for d in DEPTHS]
+    assert t.paper == pytest.approx(100 * np.polyfit(DEPTHS, paper, 1)[0])
+    summary = summarise(study, results)
+    judged = judge(study, summary, results).set_index("claim")
+    assert judged.loc[claim.text, "verdict"] == expected == judged.loc[claim.text, "claim_verdict"]
+
+
+def test_the_fig4_claim_is_judged_by_intervals_against_the_threshold():
+    study = load_study("ARL_vs_NAL")
+    claim = next(c for c in study.claims if c.kind == "response")
+    values = {"nal-164": [0.02, 0.03, 0.01], "arl-164": [0.5, 0.55, 0.45], "none-164": [0.6, 0.5, 0.55]}
+
+    def probe(variant, seed):
+        v = values.get(variant, [0.5] * 3)[seed]
+        return {"stage1_rel": 1.0, "stage2_rel": v, "stage3_rel": v / 2}
+
+    judged = judge(study, summarise(study, r := _arl_vs_nal(lambda d, s: 1.0, probe=probe)), r)
+    rows = judged[judged["claim"] == claim.text]
+    assert len(rows) == 6 and set(rows["verdict"]) == {"reproduced"} and rows["claim_verdict"].iloc[0] == "reproduced"
+    nal2 = rows[rows["evidence"].str.startswith("nal-164 stage-2")].iloc[0]
+    assert nal2["value"] == pytest.approx(0.02) and nal2["paper"] == 0.02
+    values["nal-164"] = [0.4, 0.5, 0.45]  # NAL's response does not collapse: contradicted
+    judged = judge(study, summarise(study, r := _arl_vs_nal(lambda d, s: 1.0, probe=probe)), r)
+    assert judged[judged["claim"] == claim.text]["claim_verdict"].iloc[0] == "contradicted"
+    values["nal-164"] = [0.01, 0.5, 0.02]  # one seed collapses, one does not: the interval spans 0.1
+    judged = judge(study, summarise(study, r := _arl_vs_nal(lambda d, s: 1.0, probe=probe)), r)
+    assert judged[judged["claim"] == claim.text]["claim_verdict"].iloc[0] == "inconclusive"
+
+
+def test_claim_verdicts_combine_their_evidence():
+    assert combine(["reproduced", "reproduced"]) == "reproduced"
+    assert combine(["reproduced", "inconclusive"]) == "inconclusive"
+    assert combine(["reproduced", "contradicted", "inconclusive"]) == "contradicted"
+    assert combine(["needs ≥ 2 seeds", "not run"]) == "needs ≥ 2 seeds"
+    assert combine(["not run", "not run"]) == combine([]) == "not run"
+    assert combine(["reproduced", "not run"]) == "inconclusive"  # part of the claim was never measured
+
+
+def test_a_diverged_run_enters_the_claim_and_is_named():
+    study = load_study("mask_structure")
+    local = [h + d for h, d in zip(HOUR, DIFFS)]
+    specs = {(r.variant, r.seed): r for r in _runs(seeds=5)}
+    results = [_result(specs["hourglass", s], test_error=e) for s, e in enumerate(HOUR)]
+    results += [_result(specs["local_conv_matched", s], test_error=e) for s, e in enumerate(local)]
+    results.append(
+        _result(
+            specs["hourglass", 5 - 1],
+            test_error=None,
+            test={},
+            status="diverged",
+            diverged={"step": 1, "epoch": 0, "loss": "nan"},
+        )
+    )  # replaces seed 4's result
+    results = [r for i, r in enumerate(results) if not (r.variant == "hourglass" and r.seed == 4 and i < 5)]
+    row = judge(study, summarise(study, results), results).iloc[0]
+    assert row["diverged"] == 1 and row["seeds"] == 5
+    diffs = np.subtract(local, HOUR)
+    diffs[4] = local[4] - 90.0  # the diverged reference counts at chance error
+    assert row["value"] == pytest.approx(diffs.mean())

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from resattn.report import plots
-from resattn.report.stats import summarise
+from resattn.report.claims import judge, write_claims
+from resattn.report.stats import summarise, trend
 from resattn.report.tables import readable, write_tables
 from resattn.study import wandb_runs
 from resattn.study.spec import Study
@@ -49,6 +50,8 @@ def header(study: Study, results: list[RunResult], expected: list[RunSpec] | Non
         f"{len(results)}{total} runs have results; seeds {seeds}; test error in % of the test split, final "
         f"weights. Device: {'; '.join(devices)}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
     ]
+    if study.notes:
+        lines += ["", f"Note: {study.notes}"]
     if first.reductions:
         lines += [
             "",
@@ -110,22 +113,29 @@ def build_report(
     folder.mkdir(parents=True, exist_ok=True)
     df = summarise(study, results)
     written = write_tables(df, header(study, results, expected, older), folder)
+    judged = judge(study, df, results)
+    claims_file = write_claims(judged, folder)
+    written += [claims_file] if claims_file else []
     styles = plots.variant_styles(study)
-    subtitle = f"{study.name}, profile {results[0].profile}, {len({r.seed for r in results})} seed(s)"
+    seeds = len({r.seed for r in results})
+    subtitle = f"{study.name}, profile {results[0].profile}, {results[0].precision}, {seeds} seed{'s' * (seeds > 1)}"
     finished = [r for r in results if r.status == "finished"]  # curves and probes: diverged runs left out
     first_seed = min((r.seed for r in finished), default=None)
     shown = sorted((r for r in finished if r.seed == first_seed), key=lambda r: order.index(r.variant))
     mask_files = {r.variant: RunDir.of(runs_dir, r).masks for r in shown} if runs_dir is not None else {}
-    for path in (
+    normalizations = {r.variant: r.config["model"].get("normalization", "mixed") for r in results}
+    figures = [
         plots.error_per_variant(df, subtitle, folder / "error.png"),
         plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
-        plots.error_vs_depth(df, study, subtitle, folder / "depth.png"),
         plots.relative_response(finished, styles, study.paper_response, subtitle, folder / "response.png"),
-        plots.mask_statistics(finished, styles, subtitle, folder / "mask_stats.png"),
-        plots.mask_grid(mask_files, subtitle, folder / "masks.png"),
-    ):
-        if path is not None:
-            written.append(path)
+        plots.mask_statistics(finished, order, normalizations, subtitle, folder / "mask_stats.png"),
+        plots.mask_grid(mask_files, first_seed, subtitle, folder / "masks.png"),
+    ]
+    for claim in (c for c in study.claims if c.kind == "trend"):
+        verdict = judged.loc[judged["claim"] == claim.text, "claim_verdict"].iloc[0]
+        t = trend(study, results, claim.variants, claim.factor, claim.per)
+        figures.append(plots.trend_differences(study, results, claim, t, verdict, subtitle, folder / "delta.png"))
+    written += [p for p in figures if p is not None]
     if wandb_mode != "disabled" and runs_dir is not None:
         configuration = results[0].configuration
         save_dir = study_dir(runs_dir, study.name, f"report-{configuration}")

@@ -1,5 +1,8 @@
-"""The study's plots: error per variant, learning curves, error vs depth, Fig. 4 responses, mask
-statistics and a grid of attention masks. Each is a PNG with a title, labelled axes and a legend."""
+"""The study's plots, each a PNG whose point can be read at a glance: test error per variant beside
+the paper's (each on its own axis), the difference a trend claim is about against its factor with
+the paper's on the same axis, learning curves, the Fig. 4 response per stage and per module, mask
+value distributions, and the soft masks over test images. Legends sit outside the data; a figure
+of one seed says it has no interval; diverged runs (at the error of chance) are marked."""
 
 from __future__ import annotations
 
@@ -11,11 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.gridspec import GridSpec  # noqa: E402
 
-from resattn.study.spec import Study  # noqa: E402
+from resattn.report.stats import Trend, confidence_interval, errors_by_variant  # noqa: E402
+from resattn.study.spec import Claim, Study  # noqa: E402
 from resattn.study.store import RunResult, atomic_path  # noqa: E402
 
 LINESTYLES = ("-", "--", "-.", ":")
+QUANTILE_KEYS = ("q05", "q25", "q50", "q75", "q95")
 
 
 def variant_styles(study: Study) -> dict[str, dict]:
@@ -36,6 +42,12 @@ def variant_styles(study: Study) -> dict[str, dict]:
     return styles
 
 
+def variant_colours(names: list[str]) -> dict[str, str]:
+    """One distinct colour per variant (tab10, then tab20), for plots that draw variants side by side."""
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
 def _save(fig, path: Path, tight: bool = True, **savefig) -> Path:
     """Save atomically (a report being rewritten is never seen half-written), then close."""
     if tight:
@@ -46,26 +58,102 @@ def _save(fig, path: Path, tight: bool = True, **savefig) -> Path:
     return path
 
 
+def _interval_label(n_max: int) -> str:
+    return "mean, 95% CI over seeds" if n_max > 1 else "1 seed: no interval"
+
+
 def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(df) + 3), 4.5))
+    """This study's test errors (mean, 95% CI) beside the paper's, each panel on its own scale:
+    a reduced profile's errors and the paper's lie far apart, and each panel shows its own ordering."""
+    paper = df["paper_error"].notna().any()
+    fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(max(6, 0.55 * len(df) + 3) * (2 if paper else 1), 4.6))
+    axes = np.atleast_1d(axes)
     x = np.arange(len(df))
     mean = df["error_mean"].to_numpy()
-    ci = np.where(df["seeds"] > 1, (df["ci95_high"] - df["ci95_low"]).to_numpy() / 2, np.nan)
-    label = "this study (mean, 95% CI)" if (df["seeds"] > 1).any() else "this study (1 seed: no interval)"
-    ax.errorbar(x, mean, yerr=np.nan_to_num(ci), fmt="o", color="C0", capsize=5, label=label)
-    if df["paper_error"].notna().any():
-        ax.scatter(x, df["paper_error"], marker="x", s=70, color="C3", zorder=3, label="paper")
-    ax.set_xticks(x, df["variant"], rotation=30 if len(df) > 4 else 0, ha="right" if len(df) > 4 else "center")
+    half = np.where(df["seeds"] > 1, (df["ci95_high"] - df["ci95_low"]).to_numpy() / 2, np.nan)
+    ax = axes[0]
+    ax.errorbar(x, mean, yerr=np.nan_to_num(half), fmt="o", color="C0", capsize=5)
+    diverged = df["diverged"].to_numpy() > 0
+    if diverged.any():
+        ax.scatter(x[diverged], mean[diverged], s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3)
+        for i in np.flatnonzero(diverged):
+            ax.annotate(
+                f"{df['diverged'].iloc[i]} diverged\n(at chance error)",
+                (x[i], mean[i]),
+                xytext=(8, -4),
+                textcoords="offset points",
+                fontsize=7,
+                color="C3",
+            )
+    ax.set_title(f"This study ({_interval_label(df['seeds'].max())})", fontsize=10)
     ax.set_ylabel("test error (%)")
-    ax.set_xlabel("variant")
-    ax.set_title(f"Test error per variant\n{subtitle}", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    if paper:
+        axes[1].scatter(x, df["paper_error"], marker="x", s=70, color="C3")
+        axes[1].set_title("Paper (its own axis)", fontsize=10)
+        axes[1].set_ylabel("paper's test error (%)")
+    rotate = len(df) > 4
+    for ax in axes:
+        ax.set_xticks(x, df["variant"], rotation=35 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
+        ax.set_xlim(-0.6, len(df) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Test error per variant\n{subtitle}", fontsize=10)
+    return _save(fig, path)
+
+
+def trend_differences(
+    study: Study, results: list[RunResult], claim: Claim, t: Trend, verdict: str, subtitle: str, path: Path
+) -> Path | None:
+    """A trend claim's picture: the difference (variant − reference) at each level of the factor,
+    each seed's and their mean with the 95% paired interval, and the paper's on the same axis (a
+    difference in percentage points is comparable across regimes; the errors are not)."""
+    by_name = {study.variant_name(v): v for v in study.variants()}
+    index = [f.name for f in study.factors].index(claim.factor)
+    errors = errors_by_variant(results)
+    fig, ax = plt.subplots(figsize=(7.8, 4.6))
+    x, means, lows, highs, paper = [], [], [], [], []
+    for name in claim.variants:
+        levels = by_name[name]
+        ref = study.variant_name(study.reference_of(levels))
+        seeds = sorted(set(errors.get(name, {})) & set(errors.get(ref, {})))
+        diffs = np.array([errors[name][s] - errors[ref][s] for s in seeds])
+        level = float(levels[index])
+        x.append(level)
+        if len(diffs):
+            ax.scatter(np.full(len(diffs), level), diffs, s=14, color="0.55", zorder=2)
+        lo, hi = confidence_interval(diffs) if len(diffs) else (np.nan, np.nan)
+        means.append(diffs.mean() if len(diffs) else np.nan)
+        lows.append(lo)
+        highs.append(hi)
+        paper.append(study.paper.get(levels, np.nan) - study.paper.get(study.reference_of(levels), np.nan))
+    x, means = np.array(x), np.array(means)
+    n = t.slope.n
+    yerr = np.nan_to_num([means - np.array(lows), np.array(highs) - means])
+    ax.errorbar(
+        x, means, yerr=yerr, marker="o", capsize=5, color="C0", lw=2, label=f"this study ({_interval_label(n)})"
+    )
+    ax.scatter([], [], s=14, color="0.55", label="each seed")
+    if not np.isnan(paper).all():
+        ax.plot(x, paper, ls="--", marker="x", color="C3", lw=2, label="paper")
+    ax.axhline(0, color="black", lw=0.8)
+    ref_name = "-".join(x for i, x in enumerate(study.reference_of(by_name[claim.variants[0]])) if i != index)
+    name = "-".join(x for i, x in enumerate(by_name[claim.variants[0]]) if i != index)
+    ax.set_xlabel(claim.factor.replace("_", " "))
+    ax.set_ylabel(f"Δ test error, {name} − {ref_name} (pp)")
+    ax.set_xticks(x)
+    s = t.slope
+    if np.isnan(s.low):
+        slope = f"slope {s.delta:+.2f} pp per {claim.unit} (no interval from {n} seed{'s' * (n != 1)})"
+    else:
+        slope = f"slope {s.delta:+.2f} [{s.low:+.2f}, {s.high:+.2f}] pp per {claim.unit}"
+    paper_slope = "" if np.isnan(t.paper) else f", paper {t.paper:+.2f}"
+    ax.set_title(f"{claim.text}\n{slope}{paper_slope}: {verdict}\n{subtitle}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
 def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     drawn = False
     for name, style in styles.items():
         runs = [r for r in results if r.variant == name and r.epochs]
@@ -80,7 +168,7 @@ def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle:
             mean, std = arr.mean(0), arr.std(0)
             ax.plot(epochs, mean, **style, label=f"{name} (n={len(curves)})", marker="." if n < 15 else None)
             if len(curves) > 1:
-                ax.fill_between(epochs, mean - std, mean + std, color=style["color"], alpha=0.15)
+                ax.fill_between(epochs, mean - std, mean + std, color=style["color"], alpha=0.12)
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -92,166 +180,202 @@ def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle:
         ax.grid(alpha=0.3)
     axes[0].set_title("Validation error (mean ± std over seeds)", fontsize=10)
     axes[1].set_title("Training loss (mean ± std over seeds)", fontsize=10)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(subtitle, fontsize=10)
     return _save(fig, path)
 
 
-def error_vs_depth(df: pd.DataFrame, study: Study, subtitle: str, path: Path) -> Path | None:
-    """The shape of Table 3: one line per level of the other factor, paper dashed."""
-    names = [f.name for f in study.factors]
-    if "depth" not in names or len(names) != 2:
-        return None
-    other = names[1 - names.index("depth")]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, (level, group) in enumerate(df.groupby(other, sort=False)):
-        depth = group["depth"].astype(int).to_numpy()
-        ci = np.where(group["seeds"] > 1, (group["ci95_high"] - group["ci95_low"]) / 2, np.nan)
-        ax.errorbar(
-            depth,
-            group["error_mean"],
-            yerr=np.nan_to_num(ci),
-            marker="o",
-            capsize=4,
-            color=f"C{i}",
-            label=f"{level.upper()} (this study, 95% CI)",
-        )
-        if group["paper_error"].notna().any():
-            ax.plot(
-                depth,
-                group["paper_error"],
-                ls="--",
-                marker="x",
-                color=f"C{i}",
-                alpha=0.7,
-                label=f"{level.upper()} (paper)",
-            )
-    ax.set_xlabel("network depth (layers)")
-    ax.set_ylabel("test error (%)")
-    ax.set_xticks(sorted(df["depth"].astype(int).unique()))
-    ax.set_title(f"Test error vs depth\n{subtitle}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+def _probe_curve(results: list[RunResult], name: str, keys: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean over seeds and 95% CI half-width of the probe values ``keys`` of a variant."""
+    values = np.array(
+        [[r.probe[k] for k in keys] for r in results if r.variant == name and all(k in r.probe for k in keys)]
+    )
+    if not len(values):
+        return np.array([]), np.array([]), 0
+    half = np.array([np.subtract(*confidence_interval(values[:, j])[::-1]) / 2 for j in range(values.shape[1])])
+    return values.mean(0), half, len(values)
 
 
 def relative_response(
     results: list[RunResult], styles: dict[str, dict], paper: dict[str, list[float]], subtitle: str, path: Path
 ) -> Path | None:
-    """Paper Fig. 4: each stage's mean absolute response divided by stage 1's."""
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    """Paper Fig. 4, measured on the final weights: each stage's mean |output| relative to stage 1's,
+    beside the paper's (left), and the same after each attention module's fusion H (right, log
+    scale), where a collapse under NAL shows module by module. The variants the paper plots, when
+    it does; every variant otherwise."""
+    names = [n for n in styles if n in paper] or list(styles)
+    colours = variant_colours(names)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1, 1.6]})
     drawn = False
-    for name, style in styles.items():
-        probes = [r.probe for r in results if r.variant == name and r.probe]
+    for name in names:
         stages = sorted(
-            int(k[5:-4]) for k in (probes[0] if probes else {}) if k.startswith("stage") and k.endswith("_rel")
+            {
+                int(k[5:-4])
+                for r in results
+                if r.variant == name
+                for k in r.probe
+                if k.startswith("stage") and k.endswith("_rel")
+            }
         )
         if not stages:
             continue
-        values = np.array([[p[f"stage{s}_rel"] for s in stages] for p in probes])
-        ax.errorbar(
-            stages,
-            values.mean(0),
-            yerr=values.std(0) if len(values) > 1 else None,
-            marker="o",
-            capsize=3,
-            **style,
-            label=f"{name} (n={len(values)})",
+        mean, half, n = _probe_curve(results, name, [f"stage{s}_rel" for s in stages])
+        style = {**styles[name], "color": colours[name]}
+        left.errorbar(stages, mean, yerr=np.nan_to_num(half) if n > 1 else None, marker="o", capsize=3, **style)
+        if name in paper:
+            left.plot(range(1, len(paper[name]) + 1), paper[name], ls=":", marker="x", color=style["color"], alpha=0.8)
+        modules = sorted(
+            {
+                k[: -len("_fused_rel")]
+                for r in results
+                if r.variant == name
+                for k in r.probe
+                if k.endswith("_fused_rel")
+            },
+            key=lambda m: (int(m[1 : m.index("m")]), int(m[m.index("m") + 1 :])),
         )
+        if modules:
+            fused, fhalf, n = _probe_curve(results, name, [f"{m}_fused_rel" for m in modules])
+            xs = np.arange(1, len(modules) + 1)
+            right.plot(xs, fused, marker="o", ms=3, **style, label=f"{name} (n={n})")
+            if n > 1:
+                right.fill_between(
+                    xs, np.clip(fused - fhalf, 1e-6, None), fused + fhalf, color=style["color"], alpha=0.15
+                )
+            for j in range(1, len(modules)):  # stage boundaries
+                if modules[j][:2] != modules[j - 1][:2]:
+                    right.axvline(j + 0.5, color="0.7", lw=0.8)
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    for j, (label, values) in enumerate(paper.items()):
-        ax.plot(
-            range(1, len(values) + 1),
-            values,
-            ls=":",
-            color="black",
-            marker="xs^dv"[j % 5],
-            alpha=0.5,
-            label=f"paper Fig. 4: {label}",
-        )
-    ax.set_xlabel("stage")
-    ax.set_ylabel("mean |response| relative to stage 1")
-    ax.set_xticks([1, 2, 3])
-    ax.set_title(f"Relative mean absolute response per stage (Fig. 4)\n{subtitle}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    left.set_xlabel("stage")
+    left.set_ylabel("mean |stage output| / stage 1's")
+    left.set_xticks([1, 2, 3])
+    left.set_title("Per stage (Fig. 4): this study (o), the paper (x, dotted)", fontsize=10)
+    left.grid(alpha=0.3)
+    right.set_yscale("log")
+    right.set_xlabel("attention module, in network order (grey lines: stage boundaries)")
+    right.set_ylabel("mean |H| after fusion / stage 1 output's")
+    right.set_title("Per attention module: H = (1 + M)·T (ARL), M·T (NAL), T (no mask)", fontsize=10)
+    right.grid(alpha=0.3, which="both")
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"Mean absolute response on the final weights, test split\n{subtitle}", fontsize=10)
     return _save(fig, path)
 
 
-def mask_statistics(results: list[RunResult], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
+def mask_statistics(
+    results: list[RunResult], names: list[str], normalizations: dict[str, str], subtitle: str, path: Path
+) -> Path | None:
+    """The distribution of the soft mask's values per stage (pooled over the stage's modules, mean
+    over seeds): box 25-75%, whiskers 5-95%, line at the median; of |M| for channel attention (f2),
+    whose values lie in [-1, 1] around ±1/sqrt(C)."""
     stats = {}
-    for name in styles:
+    for name in names:
         probes = [r.probe for r in results if r.variant == name and r.probe]
-        modules = [k[:-5] for k in (probes[0] if probes else {}) if k.endswith("_mean") and k.startswith("s")]
-        if modules:
-            stats[name] = {
-                m: {s: np.mean([p[f"{m}_{s}"] for p in probes]) for s in ("mean", "std", "low", "high")}
-                for m in modules
-            }
+        stages = sorted({int(k[1]) for p in probes for k in p if k.startswith("s") and "_mask_q50" in k})
+        if stages:
+            stats[name] = {s: [np.mean([p[f"s{s}_mask_{q}"] for p in probes]) for q in QUANTILE_KEYS] for s in stages}
     if not stats:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    for i, (name, per_module) in enumerate(stats.items()):  # i: dodge offset
-        modules = list(per_module)
-        x = np.arange(len(modules)) + 0.25 * (i - (len(stats) - 1) / 2) / max(1, len(stats) - 1)  # dodge
-        axes[0].errorbar(
-            x,
-            [per_module[m]["mean"] for m in modules],
-            yerr=[per_module[m]["std"] for m in modules],
-            marker="o",
-            capsize=3,
-            **styles[name],
-            label=name,
-        )
-        axes[1].plot(x, [100 * per_module[m]["low"] for m in modules], marker="o", **styles[name], label=name)
-        axes[2].plot(x, [100 * per_module[m]["high"] for m in modules], marker="o", **styles[name], label=name)
-    for ax, title, ylabel in zip(
-        axes,
-        ("mask value: mean ± std", "mask values below 0.05", "mask values above 0.95"),
-        ("mask value", "% of mask values", "% of mask values"),
-    ):
-        ax.set_xticks(np.arange(len(modules)), modules, rotation=45)
-        ax.set_xlabel("attention module (stage, module)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[2].legend(fontsize=7)
-    fig.suptitle(f"Soft mask statistics on validation data\n{subtitle}", fontsize=10)
+    stages = sorted({s for per in stats.values() for s in per})
+    colours = variant_colours(list(stats))
+    fig, axes = plt.subplots(
+        1, len(stages), figsize=(max(9.0, 0.5 * len(stats) * len(stages) + 3), 4.6), sharey=True, squeeze=False
+    )
+    for ax, stage in zip(axes[0], stages):
+        for i, (name, per) in enumerate(stats.items()):
+            if stage not in per:
+                continue
+            q05, q25, q50, q75, q95 = per[stage]
+            c = colours[name]
+            ax.vlines(i, q05, q95, color=c, lw=1.2)
+            ax.add_patch(plt.Rectangle((i - 0.3, q25), 0.6, max(q75 - q25, 1e-3), facecolor=c, alpha=0.45, edgecolor=c))
+            ax.hlines(q50, i - 0.3, i + 0.3, color="black", lw=1.5)
+        ax.set_xticks(range(len(stats)), list(stats), rotation=40, ha="right", fontsize=8)
+        ax.set_xlim(-0.7, len(stats) - 0.3)
+        ax.set_title(f"stage {stage}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    absolute = any(normalizations.get(n) == "channel" for n in stats)
+    axes[0, 0].set_ylabel("mask value M" + (" (|M| for channel attention)" if absolute else ""))
+    axes[0, 0].set_ylim(-0.02, 1.02)
+    fig.suptitle(
+        f"Soft mask values on the test split, final weights: box 25-75%, whiskers 5-95%, line median\n{subtitle}",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
-def mask_grid(mask_files: dict[str, Path], subtitle: str, path: Path, images: int = 6) -> Path | None:
-    """Top row: test images; below, one row per variant: its first-stage mask (channel mean) on each."""
+def mask_overlay(ax, image: np.ndarray, mask: np.ndarray, vmin: float, vmax: float, alpha: float = 0.55):
+    """``mask`` (h, w) as a heat map over ``image`` (H, W, 3, uint8), upsampled to the image's size."""
+    ax.imshow(image, interpolation="nearest")
+    H, W = image.shape[:2]
+    im = ax.imshow(
+        mask,
+        cmap="jet",
+        vmin=vmin,
+        vmax=vmax,
+        alpha=alpha,
+        extent=(-0.5, W - 0.5, H - 0.5, -0.5),
+        interpolation="bilinear",
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def mask_grid(mask_files: dict[str, Path], seed: int | None, subtitle: str, path: Path, images: int = 3) -> Path | None:
+    """Soft masks over test images: one row per variant, for each image its input (top row) and the
+    channel-mean mask of the first module of every stage as a heat map over it. One colour scale
+    for every variant, so rows compare (the masks of one normalisation share a range)."""
     loaded = {}
     for name, file in mask_files.items():
         if file.is_file():
             with np.load(file) as data:
-                masks = sorted(k for k in data.files if k.startswith("s1m"))
-                if masks:
-                    loaded[name] = (data["images"], data[masks[0]], masks[0])
+                firsts = sorted(k for k in data.files if k.startswith("s") and k.endswith("m1"))
+                if firsts:
+                    loaded[name] = (data["images"], {k: data[k] for k in firsts})
     if not loaded:
         return None
     n = min(images, *(len(v[0]) for v in loaded.values()))
-    # one colour scale for all rows (comparable), spanning the values shown (structure visible)
-    low = min(float(v[1][:n].min()) for v in loaded.values())
-    high = max(float(v[1][:n].max()) for v in loaded.values())
-    rows = len(loaded) + 1
-    fig, axes = plt.subplots(rows, n, figsize=(1.5 * n + 1.6, 1.5 * rows + 0.9), squeeze=False)
-    first_images = next(iter(loaded.values()))[0]
-    for col in range(n):
-        axes[0, col].imshow(first_images[col].transpose(1, 2, 0))
-        axes[0, col].set_title(f"test image {col + 1}", fontsize=8)
-    axes[0, 0].set_ylabel("input", fontsize=8)
-    for row, (name, (_, masks, module)) in enumerate(loaded.items(), start=1):
-        for col in range(n):
-            im = axes[row, col].imshow(masks[col], cmap="viridis", vmin=low, vmax=high)
-        axes[row, 0].set_ylabel(f"{name}\n({module})", fontsize=8)
-    for ax in axes.ravel():
+    modules = sorted({k for _, masks in loaded.values() for k in masks})
+    low = min(float(m[:n].min()) for _, masks in loaded.values() for m in masks.values())
+    high = max(float(m[:n].max()) for _, masks in loaded.values() for m in masks.values())
+    rows, cols = len(loaded) + 1, n * len(modules)
+    fig = plt.figure(figsize=(1.25 * cols + 2.2, 1.3 * rows + 1.0))
+    grid = GridSpec(
+        rows,
+        cols + 1,
+        figure=fig,
+        width_ratios=[1] * cols + [0.12],
+        wspace=0.08,
+        hspace=0.12,
+        top=1 - 0.9 / (1.3 * rows + 1.0),
+        bottom=0.06,
+    )
+    inputs = next(iter(loaded.values()))[0]
+    for i in range(n):
+        centre = i * len(modules) + len(modules) // 2
+        ax = fig.add_subplot(grid[0, centre])
+        ax.imshow(inputs[i].transpose(1, 2, 0))
+        ax.set_title(f"test image {i + 1}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), shrink=0.9, label="mask value (mean over channels)")
-    fig.suptitle(f"First-stage soft masks on test images\n{subtitle}", fontsize=10)
+    im = None
+    for row, (name, (imgs, masks)) in enumerate(loaded.items(), start=1):
+        for i in range(n):
+            for j, module in enumerate(modules):
+                ax = fig.add_subplot(grid[row, i * len(modules) + j])
+                if module in masks:
+                    im = mask_overlay(ax, imgs[i].transpose(1, 2, 0), masks[module][i], low, high)
+                else:
+                    ax.axis("off")
+                if row == len(loaded):
+                    ax.set_xlabel(f"stage {module[1]}\n({module})", fontsize=7)
+                if i == 0 and j == 0:
+                    ax.set_ylabel(name, fontsize=8)
+    if im is not None:
+        fig.colorbar(im, cax=fig.add_subplot(grid[1:, cols]), label="mask value (mean over channels)")
+    seed_text = f", seed {seed}" if seed is not None else ""
+    fig.suptitle(f"Soft masks over test images, first module of each stage{seed_text}\n{subtitle}", fontsize=10)
     return _save(fig, path, tight=False, bbox_inches="tight")

@@ -1,6 +1,7 @@
 """Statistics of a study: per-variant mean, std and 95% CI over seeds; for each variant against its
 reference, the mean paired difference over matched seeds with its 95% t interval and Holm-adjusted
-p-value, a verdict on the paper's claim, and what the study could detect.
+p-value, a verdict on the paper's claim, and what the study could detect; the slope of those
+differences over a factor (trend claims) and per-seed quantities against a threshold (Fig. 4).
 
 Verdicts are decided from intervals, never from a sign alone:
 
@@ -147,22 +148,98 @@ def error_of(result: RunResult) -> float:
     return chance_error(result) if result.status == "diverged" else float(result.test_error)
 
 
+def errors_by_variant(results: list[RunResult]) -> dict[str, dict[int, float]]:
+    """Each variant's test error per seed, diverged runs at chance error."""
+    out: dict[str, dict[int, float]] = {}
+    for r in results:
+        out.setdefault(r.variant, {})[r.seed] = error_of(r)
+    return out
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The slope of the per-seed differences (variant − reference) over a numeric factor: ``slope``
+    (a :class:`Paired` over the seeds' slopes, in pp per ``per`` units of the factor) and the
+    paper's slope from its differences (NaN where the paper lacks one)."""
+
+    slope: Paired
+    paper: float
+    levels: tuple[float, ...]
+
+
+def slope(x: np.ndarray, y: np.ndarray) -> float:
+    """The least-squares slope of y over x."""
+    x = np.asarray(x, dtype=float) - np.mean(x)
+    return float((x * (np.asarray(y, dtype=float) - np.mean(y))).sum() / (x * x).sum())
+
+
+def trend(study: Study, results: list[RunResult], variants: tuple[str, ...], factor: str, per: float = 1.0) -> Trend:
+    """Judge a trend claim: for each seed with every listed variant and its reference, the slope of
+    its differences over ``factor``; the slopes are then tested like paired differences (one per
+    seed), so the pairing by seed is kept and each seed counts once."""
+    by_name = {study.variant_name(v): v for v in study.variants()}
+    index = [f.name for f in study.factors].index(factor)
+    x = np.array([float(by_name[v][index]) for v in variants])
+    refs = [study.variant_name(study.reference_of(by_name[v])) for v in variants]
+    errors = errors_by_variant(results)
+    common = set.intersection(*(set(errors.get(name, {})) for name in (*variants, *refs)))
+    slopes = [per * slope(x, [errors[v][s] - errors[r][s] for v, r in zip(variants, refs)]) for s in sorted(common)]
+    paper = [
+        study.paper.get(by_name[v], math.nan) - study.paper.get(by_name[r], math.nan) for v, r in zip(variants, refs)
+    ]
+    paper_slope = per * slope(x, paper) if not np.isnan(paper).any() else math.nan
+    return Trend(paired(np.array(slopes)), paper_slope, tuple(x.tolist()))
+
+
+@dataclass(frozen=True)
+class Level:
+    """A per-seed quantity (e.g. a relative response) against a threshold: its mean and t interval
+    over seeds, and whether it lies below or above the threshold with 95% confidence."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+
+
+def level(values: list[float]) -> Level:
+    values = np.asarray(values, dtype=float)
+    low, high = confidence_interval(values)
+    return Level(len(values), float(values.mean()) if len(values) else math.nan, low, high)
+
+
+def side_verdict(value: Level, threshold: float, expect_below: bool) -> str:
+    """``reproduced`` when the 95% interval lies wholly on the expected side of ``threshold``,
+    ``contradicted`` when it lies wholly on the other, ``inconclusive`` otherwise."""
+    if value.n < 2:
+        return "needs ≥ 2 seeds"
+    if math.isnan(value.low):
+        return "inconclusive"
+    below, above = value.high < threshold, value.low > threshold
+    if (below and expect_below) or (above and not expect_below):
+        return "reproduced"
+    if below or above:
+        return "contradicted"
+    return "inconclusive"
+
+
 def summarise(study: Study, results: list[RunResult]) -> pd.DataFrame:
     """One row per variant (in the study's order): the statistics of its seeds (diverged ones at
     chance error), its comparison with its reference, the verdict and the power figures."""
     by_variant: dict[str, list[RunResult]] = {}
     for r in results:
         by_variant.setdefault(r.variant, []).append(r)
+    all_errors = errors_by_variant(results)
     rows, comparisons = [], []
     for levels in study.variants():
         name = study.variant_name(levels)
         runs = by_variant.get(name, [])
         finished = [r for r in runs if r.status == "finished"]
-        errors = {r.seed: error_of(r) for r in runs}
+        errors = all_errors.get(name, {})
         values = np.array([errors[s] for s in sorted(errors)])
         ref_levels = study.reference_of(levels)
         ref_name = study.variant_name(ref_levels)
-        ref_errors = {r.seed: error_of(r) for r in by_variant.get(ref_name, [])}
+        ref_errors = all_errors.get(ref_name, {})
         is_ref = ref_name == name
         seeds = sorted(set(errors) & set(ref_errors))
         comparison = None if is_ref else paired(np.array([errors[s] - ref_errors[s] for s in seeds]))
@@ -178,6 +255,7 @@ def summarise(study: Study, results: list[RunResult]) -> pd.DataFrame:
                 **dict(zip((f.name for f in study.factors), levels)),
                 "seeds": len(values),
                 "diverged": sum(r.status == "diverged" for r in runs),
+                "ref_diverged": 0 if is_ref else sum(r.status == "diverged" for r in by_variant.get(ref_name, [])),
                 "error_mean": values.mean() if len(values) else nan,
                 "error_std": values.std(ddof=1) if len(values) > 1 else nan,
                 "ci95_low": max(lo, 0.0) if not math.isnan(lo) else nan,  # an error lies in [0, 100]
@@ -194,7 +272,7 @@ def summarise(study: Study, results: list[RunResult]) -> pd.DataFrame:
                 "detectable_diff": detectable(comparison.sd, comparison.n) if comparison else nan,
                 "seeds_for_paper_diff": seeds_needed(paper_diff, comparison.sd) if comparison else nan,
                 "params_m": first.params / 1e6 if first else nan,
-                "gflops": first.flops / 1e9 if first else nan,
+                "gmacs": first.macs / 1e9 if first else nan,
                 "wall_time_min": np.mean([r.wall_time_s for r in finished]) / 60 if finished else nan,
                 "train_img_per_s": np.mean([r.train_images_per_s or nan for r in finished]) if finished else nan,
             }

@@ -22,7 +22,7 @@ COLUMNS = {  # summary column -> heading of the human-readable tables
     "detectable_diff": "detectable |Δ| (80% power)",
     "seeds_for_paper_diff": "seeds for paper Δ",
     "params_m": "params (M)",
-    "gflops": "GFLOPs",
+    "gmacs": "GMACs / image",
     "wall_time_min": "wall time (min)",
 }
 
@@ -42,6 +42,12 @@ def _delta(row) -> str:
     return f"{_num(row.diff_vs_ref, signed=True)}{interval} vs {row.reference}"
 
 
+def _verdict(row) -> str:
+    """The verdict, naming the diverged runs that entered it at chance error."""
+    diverged = row.diverged + row.ref_diverged if row.verdict != "reference" else 0
+    return f"{row.verdict} ({diverged} diverged, at chance error)" if diverged else row.verdict
+
+
 def readable(df: pd.DataFrame) -> pd.DataFrame:
     """The summary formatted for people: one string column per heading of ``COLUMNS``."""
     out = pd.DataFrame(
@@ -57,11 +63,11 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
             "diff_vs_ref": [_delta(row) for row in df.itertuples()],
             "paper_diff": [_num(v, signed=True) for v in df["paper_diff"]],
             "p_holm": [_num(v, 3) for v in df["p_holm"]],
-            "verdict": df["verdict"],
+            "verdict": [_verdict(row) for row in df.itertuples()],
             "detectable_diff": [_num(v) for v in df["detectable_diff"]],
             "seeds_for_paper_diff": [_num(v, 0) for v in df["seeds_for_paper_diff"]],
             "params_m": [_num(v, 3) for v in df["params_m"]],
-            "gflops": [_num(v, 3) for v in df["gflops"]],
+            "gmacs": [_num(v, 3) for v in df["gmacs"]],
             "wall_time_min": [_num(v, 1) for v in df["wall_time_min"]],
         }
     )

@@ -348,6 +348,11 @@ class Profile:
     synthetic: bool = False
 
 
+def profile_names(root: Path = ABLATIONS) -> list[str]:
+    """The profiles in the order of ``profiles.yaml``: from the least to the most faithful to the paper."""
+    return list(_read_yaml(root / f"{PROFILES}.yaml"))
+
+
 def load_profile(name: str, root: Path = ABLATIONS) -> Profile:
     path = root / f"{PROFILES}.yaml"
     profiles = _read_yaml(path)

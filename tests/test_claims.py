@@ -1,0 +1,101 @@
+"""The claims ledger (issue #11 item 4): claims live in the study YAMLs, each report writes its
+configuration's claims.csv, and reports/CLAIMS.md gathers the most faithful evidence per claim."""
+
+import pandas as pd
+import pytest
+
+from resattn.commands import report_main
+from resattn.report import build_report
+from resattn.report.claims import LEDGER, write_ledger
+from resattn.study.spec import SpecError, available_studies, load_study
+from tests.test_stats import DIFFS, HOUR
+from tests.test_store import _result, _runs
+
+PAPER_CLAIMS = {  # the claims of the paper the issue lists, by study
+    "ARL_vs_NAL": {"each", "trend", "response"},
+    "attention_type": {"each"},
+    "mask_structure": {"each"},
+    "noisy_labels": {"each", "trend"},
+    "cifar_benchmarks": {"each"},
+}
+
+
+def test_every_study_of_a_paper_table_carries_its_claims():
+    for name, kinds in PAPER_CLAIMS.items():
+        assert {c.kind for c in load_study(name).claims} == kinds, name
+
+
+def _mask_structure_results(profile: str, seeds: int, worse: bool = True):
+    specs = {(r.variant, r.seed): r for r in _runs(profile=profile, seeds=seeds)}
+    sign = 1 if worse else -1
+    results = []
+    for s in range(seeds):
+        results.append(_result(specs["hourglass", s], test_error=HOUR[s]))
+        results.append(_result(specs["local_conv_matched", s], test_error=HOUR[s] + sign * DIFFS[s]))
+        results.append(_result(specs["local_conv", s], test_error=HOUR[s] + 2.0))
+    return results
+
+
+def test_the_ledger_takes_the_most_faithful_configuration_and_names_the_rest(tmp_path):
+    study = load_study("mask_structure")
+    reports = tmp_path / "reports"
+    quick = _mask_structure_results("quick", 5)
+    build_report(study, quick, reports / "mask_structure" / "quick")
+    smoke = _mask_structure_results("smoke", 1, worse=False)  # a later smoke run must not hide it
+    build_report(study, smoke, reports / "mask_structure" / "smoke")
+    md, csv = write_ledger(reports)
+    ledger = pd.read_csv(csv)
+    row = ledger[ledger["study"] == "mask_structure"].iloc[0]
+    assert row["configuration"] == "quick" and row["claim_verdict"] == "reproduced" and row["seeds"] == 5
+    assert row["value"] == pytest.approx(DIFFS.mean()) and row["paper"] == pytest.approx(0.96)
+    assert row["precision"] == "32-true" and row["profile"] == "quick"
+    text = md.read_text()
+    assert "The hourglass mask beats local convolutions at equal FLOPs" in text
+    assert "mask_structure: quick, smoke" in text or "mask_structure: smoke, quick" in text
+    claims = {c.text for n in available_studies() for c in load_study(n).claims}
+    assert set(ledger["claim"]) == claims  # one row (or more: its evidence) per claim of every study
+    not_run = ledger[ledger["study"] == "noisy_labels"]
+    assert set(not_run["claim_verdict"]) == {"not run"}
+    assert "He et al." in text  # Table 6's ResNet-164 numbers are from another protocol: said
+
+
+def test_report_claims_rebuilds_the_ledger_alone(tmp_path, capsys):
+    reports = tmp_path / "reports"
+    build_report(load_study("mask_structure"), _mask_structure_results("quick", 3), reports / "mask_structure" / "q")
+    assert report_main(["--claims", "--reports-dir", str(reports)]) == 0
+    assert (reports / f"{LEDGER}.md").is_file() and "Claims ledger" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        report_main(["--reports-dir", str(reports)])  # neither a study nor --claims
+    assert stop.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "claims, words",
+    [
+        ("[{claim: x}]", ["claims[0]", "exactly one of each, trend, response"]),
+        ("[{claim: x, each: [deep]}]", ["claims[0].each", "a non-empty list of variants", "56"]),
+        ("[{claim: x, trend: {factor: colour, of: [56]}}]", ["claims[0].trend.factor", "depth"]),
+        ("[{claim: x, trend: {factor: depth, of: [56], per: 0}}]", ["claims[0].trend.per", "> 0"]),
+        ("[{claim: x, each: [56], colour: red}]", ["claims[0].colour"]),
+        ("{claim: x}", ["claims", "a list of claims"]),
+    ],
+)
+def test_malformed_claims_name_the_file_and_key(tmp_path, claims, words):
+    (tmp_path / "mine.yaml").write_text(
+        f"title: t\nfactors: {{depth: [56, 92]}}\nreference: {{depth: 56}}\nclaims: {claims}\n"
+    )
+    with pytest.raises(SpecError) as err:
+        load_study("mine", root=tmp_path)
+    for word in ["mine.yaml", *words]:
+        assert word in str(err.value)
+
+
+def test_excluded_variants_are_not_run_and_exclusions_are_checked(tmp_path):
+    study = load_study("ARL_vs_NAL")
+    names = [study.variant_name(v) for v in study.variants()]
+    assert "none-164" in names and "none-56" not in names and len(names) == 9
+    (tmp_path / "bad.yaml").write_text(
+        "title: t\nfactors: {depth: [56, 92]}\nreference: {depth: 56}\nexclude: [{depth: 57}]\n"
+    )
+    with pytest.raises(SpecError, match=r"exclude\[0\]\.depth"):
+        load_study("bad", root=tmp_path)
