@@ -13,6 +13,7 @@ _EXPORTS = {
     "ModelConfig": "resattn.config",
     "ResidualAttentionNetwork": "resattn.network",
     "build_model": "resattn.network",
+    "load_run": "resattn.trained",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -3,7 +3,10 @@
 - ``study STUDY [...]``: train a study and write its report (``studies/run.py``);
 - ``report STUDY [...]``: rebuild a study's reports from stored results (``studies/report.py``);
 - ``summary [switches]``: a configuration's cost as JSON;
-- ``fit|validate|test [LightningCLI flags]``: train and evaluate one run.
+- ``fit|validate|test [LightningCLI flags]``: train and evaluate one run;
+- ``masks RUN IMAGE... --out FILE.png``: a trained network's soft masks over your images;
+- ``predict RUN IMAGE...``: its top-5 classes for your images;
+- ``export RUN --out DIR``: its weights (safetensors), config and model card.
 """
 
 import sys
@@ -23,6 +26,10 @@ def main(argv: list[str] | None = None) -> int | None:
         from resattn.commands import report_main
 
         return report_main(rest)
+    if command in ("masks", "predict", "export"):
+        from resattn import trained
+
+        return getattr(trained, f"{command}_main")(rest)
     if command == "summary":
         from resattn import summary
 

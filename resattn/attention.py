@@ -1,8 +1,9 @@
 """The attention module of Wang et al. (CVPR 2017): trunk, soft mask branch, and the ARL / NAL rules.
 
 PAPER.md section 1 is the spec. One string-keyed factory per ablation switch: the soft mask's
-structure (``MASK_BODIES``), its normalisation (``NORMALIZERS``) and the attention learning rule
-(``LEARNING_RULES``); an unknown name fails naming the allowed ones.
+structure (``MASK_BODIES``), its normalisation (``NORMALIZERS``), the attention learning rule
+(``LEARNING_RULES``) and, beyond the paper, the block that computes the attention (``GATE_BLOCKS``:
+the paper's soft mask, or timm's SE, CBAM or ECA); an unknown name fails naming the allowed ones.
 """
 
 from __future__ import annotations
@@ -171,11 +172,56 @@ LEARNING_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] |
 }
 
 
+def gated_residual_learning(gated: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+    """ARL (Eq. 3) with a gate block that returns M * T: H = (1 + M) * T = T + M * T."""
+    return trunk + gated
+
+
+def gated_naive_learning(gated: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+    """NAL (Eq. 1) with a gate block that returns M * T: H = M * T."""
+    return gated
+
+
+GATED_RULES = {"arl": gated_residual_learning, "nal": gated_naive_learning}
+
+
+def _se(channels: int) -> nn.Module:
+    from timm.layers.squeeze_excite import SEModule
+
+    return SEModule(channels)  # squeeze-and-excitation (Hu et al. 2018), reduction 16
+
+
+def _cbam(channels: int) -> nn.Module:
+    from timm.layers.cbam import CbamModule
+
+    return CbamModule(channels)  # channel then 7x7 spatial gate (Woo et al. 2018), reduction 16
+
+
+def _eca(channels: int) -> nn.Module:
+    from timm.layers.eca import EcaModule
+
+    return EcaModule(channels=channels)  # 1-D conv across channels, kernel from C (Wang et al. 2020)
+
+
+# Attention blocks that came after the paper, from timm: each returns its input times a gate M
+# computed from that input (M in (0, 1): sigmoid gates). In an attention module the block reads the
+# trunk output T, as these blocks do in their own networks, and its M multiplies T with the
+# module's learning rule. "soft_mask" is the paper's soft mask branch (``mask_structure``).
+GATE_BLOCKS: dict[str, Callable[[int], nn.Module] | None] = {
+    "soft_mask": None,
+    "se": _se,
+    "cbam": _cbam,
+    "eca": _eca,
+}
+
+
 class AttentionModule(nn.Module):
     """Attention Module (p, t, r), paper section 3.
 
     a = RU^p(x); T = RU^t(a); M = mask(a); H = (1 + M) * T (ARL) or M * T (NAL); out = RU^p(H).
-    With ``attention_learning="none"`` there is no mask branch and H = T.
+    With ``attention_learning="none"`` there is no mask branch and H = T. With a gate block
+    (``attention_block`` se / cbam / eca, :data:`GATE_BLOCKS`) in place of the soft mask, M is the
+    block's gate computed from T, and H = T + block(T) (ARL) or block(T) (NAL).
     """
 
     def __init__(
@@ -188,18 +234,28 @@ class AttentionModule(nn.Module):
         p: int = 1,
         t: int = 2,
         r: int = 1,
+        attention_block: str = "soft_mask",
     ) -> None:
         super().__init__()
         self.learning_rule = _lookup(LEARNING_RULES, attention_learning, "attention_learning")
+        make_block = _lookup(GATE_BLOCKS, attention_block, "attention_block")
         self.pre = residual_units(channels, p)
         self.trunk = residual_units(channels, t)
-        self.mask = None
-        if self.learning_rule is not None:
+        self.mask = self.block = None
+        if self.learning_rule is not None and make_block is None:
             self.mask = SoftMaskBranch(channels, mask_structure, normalization, pools, r)
+        elif self.learning_rule is not None:
+            self.block = make_block(channels)
+            self.gated_rule = GATED_RULES[attention_learning]
         self.post = residual_units(channels, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.pre(x)
         trunk = self.trunk(a)
-        h = trunk if self.mask is None else self.learning_rule(self.mask(a), trunk)
+        if self.mask is not None:
+            h = self.learning_rule(self.mask(a), trunk)
+        elif self.block is not None:
+            h = self.gated_rule(self.block(trunk), trunk)
+        else:
+            h = trunk
         return self.post(h)

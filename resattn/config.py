@@ -12,11 +12,13 @@ from typing import Literal
 AttentionLearning = Literal["arl", "nal", "none"]
 MaskStructure = Literal["hourglass", "local_conv", "local_conv_matched"]
 Normalization = Literal["mixed", "channel", "spatial"]
+AttentionBlock = Literal["soft_mask", "se", "cbam", "eca"]
 Family = Literal["cifar", "imagenet"]
 
 ATTENTION_LEARNING = ("arl", "nal", "none")
 MASK_STRUCTURES = ("hourglass", "local_conv", "local_conv_matched")
 NORMALIZATIONS = ("mixed", "channel", "spatial")
+ATTENTION_BLOCKS = ("soft_mask", "se", "cbam", "eca")
 FAMILIES = ("cifar", "imagenet")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # the CIFAR data sets and their class counts
 DEFAULT_DATASET = "cifar10"
@@ -59,13 +61,15 @@ class ModelConfig:
     """A Residual Attention Network, every switch of the paper.
 
     Mask settings (``mask_structure``, ``normalization``, ``r``) are ignored when
-    ``attention_learning="none"``: that network is the plain pre-activation ResNet trunk.
+    ``attention_learning="none"`` (that network is the plain pre-activation ResNet trunk) and when
+    ``attention_block`` is a gate block (se, cbam, eca) instead of the paper's soft mask.
     """
 
     depth: int = 56  # CIFAR: 56, 92, 128, 164, 236, 452; ImageNet: 56, 92
     attention_learning: AttentionLearning = "arl"  # arl: H=(1+M)*T (Eq. 3); nal: H=M*T (Eq. 1)
     mask_structure: MaskStructure = "hourglass"  # bottom-up top-down; three local units; one (FLOP-matched)
     normalization: Normalization = "mixed"  # f1 sigmoid, f2 channel L2, f3 spatial standardise+sigmoid
+    attention_block: AttentionBlock = "soft_mask"  # the paper's soft mask, or timm's se / cbam / eca gate
     family: Family = "cifar"  # input family: cifar (32x32) or imagenet (224x224)
     num_classes: int = 10
     width: float = 1.0  # channel multiplier; 1.0 = the paper's widths
@@ -79,6 +83,7 @@ class ModelConfig:
         _allowed("attention_learning", self.attention_learning, ATTENTION_LEARNING)
         _allowed("mask_structure", self.mask_structure, MASK_STRUCTURES)
         _allowed("normalization", self.normalization, NORMALIZATIONS)
+        _allowed("attention_block", self.attention_block, ATTENTION_BLOCKS)
         depths = tuple(d for f, d in PRESETS if f == self.family)
         if (self.family, self.depth) not in PRESETS:
             raise ValueError(

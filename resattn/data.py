@@ -101,6 +101,21 @@ def load_cifar(data_dir: str | Path, dataset: str, train: bool, download: bool =
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
+def cifar_classes(data_dir: str | Path, dataset: str) -> list[str]:
+    """The class names from the data set's meta file (``batches.meta`` / ``meta``), or ``class i``
+    where there is none (a re-packed folder)."""
+    cls, classes = CIFAR[dataset][0], NUM_CLASSES[dataset]
+    folder = cifar_folder(data_dir, dataset)
+    try:
+        with open(folder / cls.meta["filename"], "rb") as f:
+            names = [str(n) for n in pickle.load(f, encoding="latin1")[cls.meta["key"]]]
+        if len(names) == classes:
+            return names
+    except (OSError, TypeError, KeyError, pickle.UnpicklingError, EOFError):
+        pass
+    return [f"class {i}" for i in range(classes)]
+
+
 def make_synthetic(n: int, num_classes: int = 10, seed: int = 0, size: int = 32):
     """A learnable synthetic CIFAR stand-in: a class pattern at a random position on clutter.
 
@@ -304,6 +319,7 @@ class CIFARDataModule(L.LightningDataModule):
             )
         self.save_hyperparameters()
         self.noise_rate: float | None = None
+        self.classes: list[str] = []  # the class names, known after setup
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -341,9 +357,17 @@ class CIFARDataModule(L.LightningDataModule):
         return load_cifar(hp.data_dir, hp.dataset, train, download=hp.download)
 
     def setup(self, stage: str | None = None) -> None:
-        if self._splits or self.hparams.dataset == "imagefolder":
-            return
         hp = self.hparams
+        if self._splits:
+            return
+        if hp.dataset == "imagefolder":
+            self.classes = torchvision.datasets.folder.find_classes(str(Path(hp.data_dir) / "train"))[0]
+            return
+        self.classes = (
+            [f"pattern {i}" for i in range(hp.synthetic_classes)]
+            if hp.dataset == "synthetic"
+            else cifar_classes(hp.data_dir, hp.dataset)
+        )
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         images, labels = self._load(train=True)
         order = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(hp.seed))
@@ -364,6 +388,17 @@ class CIFARDataModule(L.LightningDataModule):
         self._splits.setdefault("val", self._splits["test"])
         self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self._splits.items()}
         self.mean = self._splits["train"][0].float().mean(0)  # per-pixel RGB mean (3, 32, 32)
+
+    def state_dict(self) -> dict:
+        """What a trained network needs to be used without its data (``resattn.trained.load_run``):
+        the per-pixel training mean its inputs are centred with, and the class names. Saved in every
+        checkpoint; the mean is recomputed from the data when a run resumes."""
+        if not self.classes:
+            return {}
+        return {"mean": self.mean.cpu() if hasattr(self, "mean") else None, "classes": list(self.classes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the mean and the classes come from the data itself (``setup``)."""
 
     def images(self, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` raw uint8 images (N, 3, 32, 32) and labels of ``train``, ``val`` or ``test``."""

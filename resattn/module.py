@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from resattn.config import AttentionLearning, Family, MaskStructure, ModelConfig, Normalization
+from resattn.config import AttentionBlock, AttentionLearning, Family, MaskStructure, ModelConfig, Normalization
 from resattn.network import build_model
 from resattn.probes import ResponseProbe
 
@@ -24,8 +24,8 @@ class ResidualAttentionClassifier(L.LightningModule):
     validation data.
 
     Args:
-        depth, attention_learning, mask_structure, normalization, family, num_classes, width, p, t,
-            r: the network, see :class:`resattn.ModelConfig`.
+        depth, attention_learning, mask_structure, normalization, attention_block, family, num_classes,
+            width, p, t, r: the network, see :class:`resattn.ModelConfig`.
         lr: initial learning rate.
         momentum: SGD momentum.
         weight_decay: L2 weight decay on every parameter.
@@ -47,6 +47,7 @@ class ResidualAttentionClassifier(L.LightningModule):
         attention_learning: AttentionLearning = "arl",
         mask_structure: MaskStructure = "hourglass",
         normalization: Normalization = "mixed",
+        attention_block: AttentionBlock = "soft_mask",
         family: Family = "cifar",
         num_classes: int = 10,
         width: float = 1.0,
@@ -70,6 +71,7 @@ class ResidualAttentionClassifier(L.LightningModule):
             attention_learning=attention_learning,
             mask_structure=mask_structure,
             normalization=normalization,
+            attention_block=attention_block,
             family=family,
             num_classes=num_classes,
             width=width,

@@ -42,6 +42,7 @@ class ResidualAttentionNetwork(nn.Module):
             attention_learning=config.attention_learning,
             mask_structure=config.mask_structure,
             normalization=config.normalization,
+            attention_block=config.attention_block,
             p=p,
             t=t,
             r=r,

@@ -202,11 +202,11 @@ class ResponseProbe(Metric):
 
 
 @torch.no_grad()
-def mask_maps(net: ResidualAttentionNetwork, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each soft mask's output for the batch ``x``, averaged over channels: name -> (N, H, W)."""
+def mask_outputs(net: ResidualAttentionNetwork, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each soft mask's output M for the batch ``x`` (eval mode): name -> (N, C, H, W), float, on the CPU."""
     maps, handles = {}, []
     for name, mask in mask_names(net).items():
-        handles.append(mask.register_forward_hook(lambda m, i, o, name=name: maps.__setitem__(name, o.mean(1))))
+        handles.append(mask.register_forward_hook(lambda m, i, o, name=name: maps.__setitem__(name, o)))
     was_training = net.training
     net.eval()
     try:
@@ -216,3 +216,8 @@ def mask_maps(net: ResidualAttentionNetwork, x: torch.Tensor) -> dict[str, torch
         for handle in handles:
             handle.remove()
     return {k: v.float().cpu() for k, v in maps.items()}
+
+
+def mask_maps(net: ResidualAttentionNetwork, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each soft mask's output for the batch ``x``, averaged over channels: name -> (N, H, W)."""
+    return {k: v.mean(1) for k, v in mask_outputs(net, x).items()}

@@ -6,7 +6,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from resattn import AttentionModule, normalize_mask
-from resattn.attention import CHANNEL_EPS, MASK_BODIES, SPATIAL_EPS, HourglassMask, LocalConvMask, SoftMaskBranch
+from resattn.attention import (
+    CHANNEL_EPS,
+    GATE_BLOCKS,
+    MASK_BODIES,
+    SPATIAL_EPS,
+    HourglassMask,
+    LocalConvMask,
+    SoftMaskBranch,
+)
 from resattn.layers import ResidualUnit
 
 
@@ -175,3 +183,63 @@ def test_module_keeps_shape(rule, structure, norm):
     module = AttentionModule(8, rule, structure, norm, pools=2)
     x = torch.randn(2, 8, 15, 15)
     assert module(x).shape == x.shape
+
+
+GATE_NAMES = [b for b in GATE_BLOCKS if GATE_BLOCKS[b] is not None]
+
+
+@pytest.mark.parametrize("name", GATE_NAMES)
+def test_gate_blocks_return_their_input_times_a_gate_in_0_1(name):
+    block = GATE_BLOCKS[name](16).eval()
+    x = torch.rand(3, 16, 8, 8) + 0.1  # positive: the gate is out / x
+    out = block(x)
+    assert out.shape == x.shape
+    gate = out / x
+    assert (gate > 0).all() and (gate < 1).all()
+
+
+@pytest.mark.parametrize("name", GATE_NAMES)
+@pytest.mark.parametrize("learning", ["arl", "nal"])
+def test_a_gate_block_fuses_with_the_learning_rule(name, learning):
+    """ARL: H = (1 + M) T = T + block(T); NAL: H = M T = block(T); the block reads the trunk T."""
+    module = AttentionModule(16, attention_learning=learning, attention_block=name).eval()
+    assert module.mask is None and module.block is not None
+    seen = {}
+    module.block.register_forward_hook(lambda m, i, o: seen.update(block_in=i[0], block_out=o))
+    x = torch.randn(2, 16, 8, 8)
+    trunk, h = _capture(module, None, x)
+    assert torch.equal(seen["block_in"], trunk)
+    expected = trunk + seen["block_out"] if learning == "arl" else seen["block_out"]
+    assert torch.allclose(h, expected)
+
+
+def _gate_cost(name: str, c: int, positions: int) -> tuple[int, int]:
+    """Parameters and multiply-adds per image of timm's block on a C-channel map of ``positions``
+    pixels, by the block's design."""
+    import math
+
+    from timm.layers.helpers import make_divisible
+
+    if name == "se":  # 1x1 convs C -> rd -> C with biases, on the pooled 1x1 map
+        rd = make_divisible(c / 16, 8, round_limit=0.0)
+        return 2 * c * rd + rd + c, 2 * c * rd
+    if name == "eca":  # one 1-D conv across the pooled channels, kernel from log2(C)
+        t = int(abs(math.log(c, 2) + 1) / 2)
+        k = max(t if t % 2 else t + 1, 3)
+        return k, k * c
+    rd = make_divisible(c / 16, 1, round_limit=0.0)  # cbam: a shared MLP (no bias) on the avg and max pools,
+    return 2 * c * rd + 2 * 49 + 2, 2 * 2 * c * rd + 2 * 49 * positions  # then a 7x7 conv (2 -> 1) + BN
+
+
+@pytest.mark.parametrize("name", GATE_NAMES)
+def test_gate_block_networks_cost_what_their_blocks_add(name):
+    from resattn import ModelConfig, build_model
+    from resattn.network import CIFAR_WIDTHS
+    from resattn.summary import model_cost
+
+    base = model_cost(build_model(ModelConfig(depth=92, attention_learning="none")))
+    gated = model_cost(build_model(ModelConfig(depth=92, attention_block=name)))
+    per_stage = [_gate_cost(name, c, size * size) for c, size in zip(CIFAR_WIDTHS, (32, 16, 8))]
+    assert gated["params"] - base["params"] == 2 * sum(p for p, _ in per_stage)  # 2 modules per stage
+    assert gated["macs"] - base["macs"] == 2 * sum(m for _, m in per_stage)
+    assert gated["macs"] < 1.05 * base["macs"]  # cheap: within 5% of the plain trunk

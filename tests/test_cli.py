@@ -83,8 +83,9 @@ def test_fit_cli_saves_the_resolved_config(tmp_path):
     ],
 )
 def test_single_run_cli_bad_input_is_one_line_not_a_traceback(tmp_path, args, words):
-    done = subprocess.run([sys.executable, "-m", "resattn", *args], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "resattn", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     for word in words:
@@ -92,8 +93,20 @@ def test_single_run_cli_bad_input_is_one_line_not_a_traceback(tmp_path, args, wo
 
 
 def test_fit_with_a_missing_checkpoint_is_one_line(tmp_path):
-    done = _run("fit", "--data.dataset", "synthetic", "--data.synthetic_size", "[32, 16]", "--model.width", "0.125",
-                "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path",
-                str(tmp_path / "missing.ckpt"))
+    done = _run(
+        "fit",
+        "--data.dataset",
+        "synthetic",
+        "--data.synthetic_size",
+        "[32, 16]",
+        "--model.width",
+        "0.125",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(tmp_path / "missing.ckpt"),
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "missing.ckpt" in done.stderr

@@ -23,8 +23,9 @@ SAME = ("run_id", "status", "seed", "config", "test", "test_error", "probe", "pa
 
 def _study(tmp_path: Path, name: str, **kwargs) -> dict[str, dict]:
     runs = tmp_path / name / "runs"
-    outcome = run_study("mask_structure", "smoke", seeds=1, runs_dir=runs, wandb="disabled", jobs=2, cpus_per_run=1,
-                        **kwargs)
+    outcome = run_study(
+        "mask_structure", "smoke", seeds=1, runs_dir=runs, wandb="disabled", jobs=2, cpus_per_run=1, **kwargs
+    )
     assert outcome.failed == 0
     return {r.run_id: r.dump() for r in study_results(runs, "mask_structure")}
 
@@ -36,12 +37,14 @@ def _same(results: dict[str, dict], reference: dict[str, dict]) -> None:
         assert {k: r[k] for k in SAME} == {k: ref[k] for k in SAME}, run_id
         drop = ("step",)
         assert [{k: v for k, v in e.items() if k not in drop} for e in r["epochs"]] == [
-            {k: v for k, v in e.items() if k not in drop} for e in ref["epochs"]]
+            {k: v for k, v in e.items() if k not in drop} for e in ref["epochs"]
+        ]
 
 
 def _overlap(results: dict[str, dict]) -> bool:
-    (s1, e1), (s2, e2) = ((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
-                          for r in results.values())
+    (s1, e1), (s2, e2) = (
+        (datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"])) for r in results.values()
+    )
     return max(s1, s2) < min(e1, e2)
 
 

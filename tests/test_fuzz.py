@@ -23,12 +23,32 @@ FLAGS = {  # flag -> (allowed values, forbidden values); None leaves the flag ou
     "--data_dir": ([None, "{tmp}/data"], ["{tmp}/runs/mask_structure/.hidden/x"]),
 }
 SETTINGS = (
-    ["model.width=0.25", "model.depth=92", "model.attention_learning=nal", "model.normalization=spatial",
-     "trainer.accelerator=cpu", "trainer.max_epochs=2", "data.label_noise=0.3", "data.batch_size=16",
-     "data.eval_batch_size=7", "trainer.precision=bf16-true", "model.lr=0.05"],
-    ["model.width=-1", "model.width=abc", "model.width=0", "model.depth=57", "model.attention_learning=xyz",
-     "trainer.accelerator=gpu", "trainer.max_epochs=many", "data.dataset=cifar10", "data.label_noise=1.5",
-     "model.widht=1", "colour=red"],
+    [
+        "model.width=0.25",
+        "model.depth=92",
+        "model.attention_learning=nal",
+        "model.normalization=spatial",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "data.label_noise=0.3",
+        "data.batch_size=16",
+        "data.eval_batch_size=7",
+        "trainer.precision=bf16-true",
+        "model.lr=0.05",
+    ],
+    [
+        "model.width=-1",
+        "model.width=abc",
+        "model.width=0",
+        "model.depth=57",
+        "model.attention_learning=xyz",
+        "trainer.accelerator=gpu",
+        "trainer.max_epochs=many",
+        "data.dataset=cifar10",
+        "data.label_noise=1.5",
+        "model.widht=1",
+        "colour=red",
+    ],
 )
 SWITCHES = ["--force", "--no-download"]
 

@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_studies_and_the_console_script(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     wheel = zipfile.ZipFile(next(tmp_path.glob("resattn-*.whl")))
     names = set(wheel.namelist())
@@ -29,6 +33,7 @@ def test_the_wheel_ships_the_studies_and_the_console_script(tmp_path):
 
 def test_the_studies_are_package_data():
     assert ABLATIONS.name == "ablations" and (ABLATIONS / "profiles.yaml").is_file()
-    done = subprocess.run([sys.executable, "-m", "resattn", "study", "--list"], capture_output=True, text=True,
-                          timeout=60, cwd="/")
+    done = subprocess.run(
+        [sys.executable, "-m", "resattn", "study", "--list"], capture_output=True, text=True, timeout=60, cwd="/"
+    )
     assert done.returncode == 0 and "ARL_vs_NAL" in done.stdout, done.stderr

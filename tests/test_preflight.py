@@ -18,8 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _main(tmp_path, capsys, *args):
-    code = study_main(["mask_structure", "--profile", "smoke", "--wandb", "disabled", "--runs-dir",
-                       str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"), *args])
+    code = study_main(
+        [
+            "mask_structure",
+            "--profile",
+            "smoke",
+            "--wandb",
+            "disabled",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--reports-dir",
+            str(tmp_path / "reports"),
+            *args,
+        ]
+    )
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
@@ -35,10 +47,14 @@ def _main(tmp_path, capsys, *args):
         (["--set", "model.attention_learning=xyz"], ["model.attention_learning", "'arl', 'nal', 'none'"]),
         (["--set", "trainer.max_epochs=many"], ["trainer.max_epochs", "int"]),
         (["--set", "trainer.accelerator=gpu"], ["bad setting", "gpu"]),
-        (["--set", "data.dataset=cifar10", "--data_dir", "{tmp}/data"],  # the download fails: no network here
-         ["cifar10 not found", "{tmp}/data", "--data_dir", "--download"]),
-        (["--set", "data.dataset=cifar10", "--data_dir", "{tmp}/data", "--no-download"],
-         ["cifar10 not found", "{tmp}/data", "--data_dir", "--download"]),
+        (
+            ["--set", "data.dataset=cifar10", "--data_dir", "{tmp}/data"],  # the download fails: no network here
+            ["cifar10 not found", "{tmp}/data", "--data_dir", "--download"],
+        ),
+        (
+            ["--set", "data.dataset=cifar10", "--data_dir", "{tmp}/data", "--no-download"],
+            ["cifar10 not found", "{tmp}/data", "--data_dir", "--download"],
+        ),
         (["--jobs", "0"], ["--jobs 0", ">= 1"]),
         (["--seeds", "-1"], ["--seeds -1", "[1, 1000]"]),
         (["--seeds", "0"], ["--seeds 0", "[1, 1000]"]),
@@ -74,8 +90,9 @@ def test_unwritable_targets_are_named(tmp_path, capsys):
 def _finished_run(tmp_path) -> RunDir:
     from resattn.study.preflight import resolve
 
-    spec = resolve(expand(load_study("mask_structure"), load_profile("smoke"), 1,
-                          defaults={"trainer.precision": "32-true"}))[0][0]
+    spec = resolve(
+        expand(load_study("mask_structure"), load_profile("smoke"), 1, defaults={"trainer.precision": "32-true"})
+    )[0][0]
     run_dir = RunDir.of(tmp_path / "runs", spec)
     run_dir.write_spec(spec)
     run_dir.write_result(_result(spec))
@@ -131,8 +148,13 @@ def test_a_bad_slurm_parameter_fails_before_anything_is_written(tmp_path, capsys
 
 def test_the_study_command_answers_a_typo_in_under_a_second(tmp_path):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, str(ROOT / "studies" / "run.py"), "ARL_vs_NLA"], capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "studies" / "run.py"), "ARL_vs_NLA"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # CPU time: robust to a busy machine
     assert done.returncode == 2 and "available: ARL_vs_NAL" in done.stderr

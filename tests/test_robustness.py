@@ -25,8 +25,15 @@ RUN = [sys.executable, str(ROOT / "studies" / "run.py"), "mask_structure", "--pr
 
 
 def _run_dir(tmp_path: Path, name: str, overrides=SHORT) -> Path:
-    run = resolve(expand(load_study("mask_structure"), load_profile("smoke"), 1, parse_overrides(overrides),
-                         defaults={"trainer.precision": "32-true"}))[0][0]
+    run = resolve(
+        expand(
+            load_study("mask_structure"),
+            load_profile("smoke"),
+            1,
+            parse_overrides(overrides),
+            defaults={"trainer.precision": "32-true"},
+        )
+    )[0][0]
     run_dir = RunDir.of(tmp_path / name, run)
     run_dir.write_spec(run)
     return run_dir.path
@@ -162,8 +169,19 @@ def test_two_runners_at_once_train_every_run_exactly_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, capsys):
-    args = ["mask_structure", "--profile", "smoke", "--set", "model.lr=1.0e+30", "--runs-dir", str(tmp_path / "runs"),
-            "--reports-dir", str(tmp_path / "reports"), "--wandb", "disabled"]
+    args = [
+        "mask_structure",
+        "--profile",
+        "smoke",
+        "--set",
+        "model.lr=1.0e+30",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--reports-dir",
+        str(tmp_path / "reports"),
+        "--wandb",
+        "disabled",
+    ]
     assert study_main(args) == 0
     out = capsys.readouterr().out
     results = study_results(tmp_path / "runs", "mask_structure")
@@ -226,14 +244,24 @@ def test_a_failing_checkpoint_write_stops_the_run_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_the_runner_says_when_it_sets_an_unreadable_checkpoint_aside(tmp_path, capsys):
-    spec = resolve(expand(load_study("mask_structure"), load_profile("smoke"), 1,
-                          defaults={"trainer.precision": "32-true"}))[0][0]
+    spec = resolve(
+        expand(load_study("mask_structure"), load_profile("smoke"), 1, defaults={"trainer.precision": "32-true"})
+    )[0][0]
     run_dir = RunDir.of(tmp_path / "runs", spec)
     run_dir.write_spec(spec)
     run_dir.checkpoint.parent.mkdir()
     run_dir.checkpoint.write_bytes(b"\0garbage")
-    args = ["mask_structure", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"), "--reports-dir",
-            str(tmp_path / "reports"), "--wandb", "disabled"]
+    args = [
+        "mask_structure",
+        "--profile",
+        "smoke",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--reports-dir",
+        str(tmp_path / "reports"),
+        "--wandb",
+        "disabled",
+    ]
     assert study_main(args) == 0
     out = capsys.readouterr().out
     assert f"warning: checkpoint {run_dir.checkpoint} is unreadable" in out and "from scratch" in out

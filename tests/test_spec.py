@@ -16,8 +16,13 @@ from resattn.study.spec import (
 
 
 def test_every_paper_table_has_a_study():
-    assert set(available_studies()) >= {"ARL_vs_NAL", "attention_type", "mask_structure", "noisy_labels",
-                                         "cifar_benchmarks"}
+    assert set(available_studies()) >= {
+        "ARL_vs_NAL",
+        "attention_type",
+        "mask_structure",
+        "noisy_labels",
+        "cifar_benchmarks",
+    }
     study = load_study("ARL_vs_NAL")
     assert len(study.variants()) == 9 and study.paper[("nal", "164")] == 7.18  # 8 + ResNet-164 (Fig. 4)
     assert study.reference_of(("nal", "128")) == ("arl", "128")
@@ -81,14 +86,20 @@ def test_smoke_profile_swaps_in_synthetic_data_with_the_class_count():
 
 
 def test_where_the_data_lies_is_no_reduction():
-    runs = expand(load_study("mask_structure"), load_profile("smoke"), None,
-                  parse_overrides(["data.data_dir=/x", "model.width=0.25"]))
+    runs = expand(
+        load_study("mask_structure"),
+        load_profile("smoke"),
+        None,
+        parse_overrides(["data.data_dir=/x", "model.width=0.25"]),
+    )
     assert "data.data_dir" not in runs[0].reductions and runs[0].reductions["model.width"] == "0.25 (command line)"
 
 
 def test_overrides_are_validated():
     assert parse_overrides(["trainer.max_epochs=3", "data.synthetic_size=[8, 4]"]) == {
-        "trainer.max_epochs": 3, "data.synthetic_size": [8, 4]}
+        "trainer.max_epochs": 3,
+        "data.synthetic_size": [8, 4],
+    }
     with pytest.raises(SpecError, match="model.<arg>"):
         parse_overrides(["width=3"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
@@ -96,10 +107,12 @@ def test_overrides_are_validated():
 
 
 def test_loading_specs_and_the_package_root_import_no_torch():
-    code = ("import sys, resattn; from resattn.study.spec import load_study, expand, load_profile; "
-            "from resattn.study import store, runner, executors, wandb_runs; import resattn.commands; "
-            "expand(load_study('ARL_vs_NAL'), load_profile('quick')); "
-            "print(sorted(m for m in ('torch', 'lightning', 'wandb', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys, resattn; from resattn.study.spec import load_study, expand, load_profile; "
+        "from resattn.study import store, runner, executors, wandb_runs; import resattn.commands; "
+        "expand(load_study('ARL_vs_NAL'), load_profile('quick')); "
+        "print(sorted(m for m in ('torch', 'lightning', 'wandb', 'pandas') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -19,26 +19,57 @@ def _runs(*overrides, profile="smoke", study="mask_structure", seeds=1):
 
 def _result(spec, **changes) -> RunResult:
     fields = dict(
-        status="finished", git_commit="abc", versions={}, python="3.11", device="cpu", world_size=1,
-        started_at="t0", finished_at="t1", wall_time_s=1.0, train_images_per_s=10.0, params=1, macs=2, flops=4,
-        epochs=[{"epoch": 0, "val/err1": 0.5}], resumes=[], test={"test/err1": 0.5}, test_error=50.0, probe={},
-        noise_rate=None, wandb={"mode": "disabled"},
+        status="finished",
+        git_commit="abc",
+        versions={},
+        python="3.11",
+        device="cpu",
+        world_size=1,
+        started_at="t0",
+        finished_at="t1",
+        wall_time_s=1.0,
+        train_images_per_s=10.0,
+        params=1,
+        macs=2,
+        flops=4,
+        epochs=[{"epoch": 0, "val/err1": 0.5}],
+        resumes=[],
+        test={"test/err1": 0.5},
+        test_error=50.0,
+        probe={},
+        noise_rate=None,
+        wandb={"mode": "disabled"},
     )
     return RunResult(**spec.model_dump(), **{**fields, **changes})
 
 
 @pytest.mark.parametrize(
     "setting",
-    ["data.data_dir=/elsewhere", "data.download=true", "data.eval_batch_size=7", "data.num_workers=0",
-     "trainer.accelerator=cpu", "model.channels_last=false", "trainer.enable_progress_bar=true"],
+    [
+        "data.data_dir=/elsewhere",
+        "data.download=true",
+        "data.eval_batch_size=7",
+        "data.num_workers=0",
+        "trainer.accelerator=cpu",
+        "model.channels_last=false",
+        "trainer.enable_progress_bar=true",
+    ],
 )
 def test_settings_that_do_not_change_the_result_keep_the_run_id(setting):
     assert [r.run_id for r in _runs(setting)] == [r.run_id for r in _runs()]
 
 
 @pytest.mark.parametrize(
-    "setting", ["model.width=0.25", "data.label_noise=0.1", "trainer.max_epochs=2", "data.batch_size=16",
-                "trainer.precision=bf16-mixed", "trainer.devices=2", "model.lr=0.05"],
+    "setting",
+    [
+        "model.width=0.25",
+        "data.label_noise=0.1",
+        "trainer.max_epochs=2",
+        "data.batch_size=16",
+        "trainer.precision=bf16-mixed",
+        "trainer.devices=2",
+        "model.lr=0.05",
+    ],
 )
 def test_settings_that_change_the_result_change_the_run_id(setting):
     assert not {r.run_id for r in _runs(setting)} & {r.run_id for r in _runs()}
@@ -89,8 +120,11 @@ def test_spec_and_result_round_trip_and_config_yaml_is_the_cli_format(tmp_path):
 
 @pytest.mark.parametrize(
     "text, words",
-    [("{not json", ["not valid JSON"]), ('{"status": "finished"}', ["not a valid result", "study"]),
-     ("[1, 2]", ["not a valid result"])],
+    [
+        ("{not json", ["not valid JSON"]),
+        ('{"status": "finished"}', ["not a valid result", "study"]),
+        ("[1, 2]", ["not a valid result"]),
+    ],
 )
 def test_a_malformed_result_is_an_error_naming_the_file(tmp_path, text, words):
     spec = _runs()[0]
@@ -123,10 +157,15 @@ def test_move_aside_keeps_the_result_and_checkpoint(tmp_path):
 def test_a_run_lock_is_exclusive_names_its_holder_and_is_freed_when_its_holder_is_killed(tmp_path):
     run_dir = RunDir(tmp_path / "run")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from resattn.study.store import RunDir; "
-         f"lock = RunDir({str(run_dir.path)!r}).run_lock(); assert lock.acquire(); print('held', flush=True); "
-         "time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import time; from resattn.study.store import RunDir; "
+            f"lock = RunDir({str(run_dir.path)!r}).run_lock(); assert lock.acquire(); print('held', flush=True); "
+            "time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -145,8 +184,21 @@ def test_no_path_of_the_run_layout_is_spelled_outside_the_store():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "resattn"
-    names = ('"result.json"', '"progress.json"', '"run.json"', '"last.ckpt"', '"wandb.json"', '"masks.npz"',
-             '"train.log"', '"latest.json"', '"config.yaml"', '"_slurm"', '"_wandb"', '"_report', '"lock"')
+    names = (
+        '"result.json"',
+        '"progress.json"',
+        '"run.json"',
+        '"last.ckpt"',
+        '"wandb.json"',
+        '"masks.npz"',
+        '"train.log"',
+        '"latest.json"',
+        '"config.yaml"',
+        '"_slurm"',
+        '"_wandb"',
+        '"_report',
+        '"lock"',
+    )
     offenders = [(p.name, n) for p in root.rglob("*.py") if p.name != "store.py" for n in names if n in p.read_text()]
     assert offenders == []
 

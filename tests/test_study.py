@@ -38,8 +38,22 @@ def test_holm_matches_the_textbook_procedure():
 
 
 def _study(tmp_path, capsys, name="mask_structure", *args):
-    code = study_main([name, "--profile", "smoke", "--wandb", "offline", "--jobs", "2", "--runs-dir",
-                       str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"), *args])
+    code = study_main(
+        [
+            name,
+            "--profile",
+            "smoke",
+            "--wandb",
+            "offline",
+            "--jobs",
+            "2",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--reports-dir",
+            str(tmp_path / "reports"),
+            *args,
+        ]
+    )
     return code, capsys.readouterr().out
 
 
@@ -87,12 +101,17 @@ def test_a_study_skips_finished_runs_logs_to_wandb_and_keeps_its_ids_across_data
     assert table.loc["hourglass", "seeds"] == 2
     assert table.loc["hourglass", "error_mean"] == pytest.approx((by["hourglass", 0] + by["hourglass", 1]) / 2)
     assert table.loc["local_conv", "diff_vs_ref"] == pytest.approx(
-        sum(by["local_conv", s] - by["hourglass", s] for s in (0, 1)) / 2)
+        sum(by["local_conv", s] - by["hourglass", s] for s in (0, 1)) / 2
+    )
 
     # the same command again, from another data folder, with --download, another eval batch: nothing to train
     mtimes = {k: RunDir.of(tmp_path / "runs", r).result.stat().st_mtime for k, r in results.items()}
-    for extra in ([], ["--data_dir", str(tmp_path / "elsewhere")], ["--no-download"],
-                  ["--set", "data.eval_batch_size=7"]):
+    for extra in (
+        [],
+        ["--data_dir", str(tmp_path / "elsewhere")],
+        ["--no-download"],
+        ["--set", "data.eval_batch_size=7"],
+    ):
         code, out = _study(tmp_path, capsys, "mask_structure", "--seeds", "2", *extra)
         assert code == 0 and "4 finished, 0 to train" in out and "started" not in out, (extra, out)
     assert mtimes == {k: RunDir.of(tmp_path / "runs", r).result.stat().st_mtime for k, r in results.items()}
@@ -116,8 +135,12 @@ def test_a_study_skips_finished_runs_logs_to_wandb_and_keeps_its_ids_across_data
     # the report regenerates from the run store alone, identically
     before = {p.name: p.read_text() for p in report.glob("table.*")}
     shutil.rmtree(tmp_path / "reports")
-    assert report_main(["mask_structure", "--runs-dir", str(tmp_path / "runs"), "--reports-dir",
-                        str(tmp_path / "reports")]) == 0
+    assert (
+        report_main(
+            ["mask_structure", "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
+        )
+        == 0
+    )
     after = {p.name: p.read_text() for p in report.glob("table.*")}
     assert after["table.csv"] == before["table.csv"]
     strip = lambda md: [line.split(" Generated ")[0] for line in md.splitlines()]  # noqa: E731
@@ -133,9 +156,22 @@ def test_the_single_run_cli_reproduces_a_study_run_from_its_config(tmp_path, cap
     assert code == 0, out
     run = next(r for r in _results(tmp_path).values() if r.variant == "local_conv")
     config = RunDir.of(tmp_path / "runs", run).config
-    done = subprocess.run([sys.executable, "-m", "resattn", "fit", "--config", str(config),
-                           "--trainer.default_root_dir", str(tmp_path / "by_hand")],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resattn",
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(tmp_path / "by_hand"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     err1 = float(re.search(r"test/err1\W+([0-9.]+)", done.stdout).group(1))  # the CLI's test table
     assert 100 * err1 == pytest.approx(run.test_error, abs=1e-6), (done.stdout, run.test_error)

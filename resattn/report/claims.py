@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resattn.report.stats import detectable, level, seeds_needed, side_verdict, trend, verdict
+from resattn.report.stats import decide, detectable, level, seeds_needed, side_verdict, trend, verdict
 from resattn.study.spec import Claim, Study, available_studies, load_study, profile_names
 from resattn.study.store import RunResult, atomic_path
 
@@ -80,10 +80,18 @@ def _each(claim: Claim, summary: pd.DataFrame) -> list[dict]:
                 "p": row["p_holm"],
                 "detectable": row["detectable_diff"],
                 "seeds_for_paper": row["seeds_for_paper_diff"],
-                "verdict": row["verdict"] if row["paired_seeds"] else NOT_RUN,
+                "verdict": _expected(claim, row) if row["paired_seeds"] else NOT_RUN,
             }
         )
     return rows
+
+
+def _expected(claim: Claim, row) -> str:
+    """A comparison's verdict; against the claim's own direction (``expect``) where the paper has no Δ."""
+    if claim.expect is None or not pd.isna(row["paper_diff"]):
+        return row["verdict"]
+    side = 1.0 if claim.expect == "higher" else -1.0
+    return decide(row["paired_seeds"], row["diff_ci95_low"], row["diff_ci95_high"], row["p_holm"], side)
 
 
 def _trend(claim: Claim, study: Study, results: list[RunResult], summary: pd.DataFrame) -> list[dict]:

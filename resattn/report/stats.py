@@ -121,16 +121,22 @@ def seeds_needed(delta: float, sd: float, alpha: float = ALPHA, target: float = 
 
 def verdict(comparison: Paired, paper_delta: float, p_holm: float) -> str:
     """``reproduced`` / ``contradicted`` / ``inconclusive`` (module docstring), or why there is none."""
-    if comparison.n < 2:
-        return "needs ≥ 2 seeds"
-    if math.isnan(paper_delta) or paper_delta == 0:
+    if comparison.n >= 2 and (math.isnan(paper_delta) or paper_delta == 0):
         return "no paper Δ"
-    if math.isnan(comparison.low) or math.isnan(p_holm) or p_holm >= ALPHA:
+    return decide(comparison.n, comparison.low, comparison.high, p_holm, paper_delta)
+
+
+def decide(n: int, low: float, high: float, p_holm: float, side: float) -> str:
+    """The verdict of an interval [low, high] over ``n`` seeds with Holm-adjusted p ``p_holm``, for a
+    claim that the difference lies on the side of the sign of ``side``."""
+    if n < 2:
+        return "needs ≥ 2 seeds"
+    if math.isnan(low) or math.isnan(p_holm) or p_holm >= ALPHA:
         return "inconclusive"
-    side = math.copysign(1.0, paper_delta)
-    if (comparison.low > 0 and side > 0) or (comparison.high < 0 and side < 0):
+    side = math.copysign(1.0, side)
+    if (low > 0 and side > 0) or (high < 0 and side < 0):
         return "reproduced"
-    if (comparison.low > 0 and side < 0) or (comparison.high < 0 and side > 0):
+    if (low > 0 and side < 0) or (high < 0 and side > 0):
         return "contradicted"
     return "inconclusive"
 

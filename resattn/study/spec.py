@@ -123,6 +123,10 @@ class Claim:
     - ``response: {collapses: [variants], holds: [variants], stages, below}``: the Fig. 4 probe:
       the relative response of ``stages`` falls below ``below`` for the first variants and not for
       the others.
+
+    ``expect: higher | lower`` (with ``each``) states the claimed direction of a comparison the
+    paper has no number for (the variants' error higher or lower than the reference's); where the
+    paper has a Δ, its sign is the claim.
     """
 
     text: str
@@ -135,6 +139,7 @@ class Claim:
     holds: tuple[str, ...] = ()  # response
     stages: tuple[int, ...] = (2, 3)  # response
     below: float = 0.1  # response
+    expect: str | None = None  # each, beyond the paper: "higher" / "lower" error than the reference
 
 
 @dataclass(frozen=True)
@@ -287,9 +292,9 @@ def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> C
     kinds = [k for k in CLAIM_KINDS if isinstance(raw, dict) and k in raw]
     if not isinstance(raw, dict) or not isinstance(raw.get("claim"), str) or len(kinds) != 1:
         raise SpecError(path, key, "a mapping with `claim` (its text) and exactly one of " + ", ".join(CLAIM_KINDS))
-    extra = set(raw) - {"claim", *CLAIM_KINDS}
+    extra = set(raw) - {"claim", "expect", *CLAIM_KINDS}
     if extra:
-        raise SpecError(path, f"{key}.{sorted(extra)[0]}", "claim, " + ", ".join(CLAIM_KINDS))
+        raise SpecError(path, f"{key}.{sorted(extra)[0]}", "claim, expect, " + ", ".join(CLAIM_KINDS))
     kind, body = kinds[0], raw[kinds[0]]
 
     def variant_list(value: Any, where: str) -> tuple[str, ...]:
@@ -297,8 +302,11 @@ def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> C
             raise SpecError(path, where, f"a non-empty list of variants of this study ({', '.join(variants)})")
         return tuple(str(v) for v in value)
 
+    expect = raw.get("expect")
+    if expect not in (None, "higher", "lower") or (expect is not None and kind != "each"):
+        raise SpecError(path, f"{key}.expect", "higher or lower, with `each`")
     if kind == "each":
-        return Claim(raw["claim"], kind, variant_list(body, f"{key}.each"))
+        return Claim(raw["claim"], kind, variant_list(body, f"{key}.each"), expect=expect)
     if not isinstance(body, dict):
         raise SpecError(path, f"{key}.{kind}", "a mapping (see the Claim docstring in resattn/study/spec.py)")
     if kind == "trend":

@@ -1,0 +1,386 @@
+"""Trained models out of a study: load one, predict with it, export it, and draw its masks on any image.
+
+:func:`load_run` takes a study run folder (``runs/<study>/<run id>/``), a Lightning checkpoint
+(``.ckpt``) or an export folder (``python -m resattn export``) and returns the network in eval
+mode with everything needed to use it without its data: the model config, the class names and
+the per-pixel training mean the inputs are centred with (stored in every checkpoint by the data
+module; recomputed from the run's data for older checkpoints).
+
+Commands (each checks its inputs before it writes anything, and answers bad input with one line
+and exit code 2): ``python -m resattn masks RUN IMAGE... --out FILE.png``, ``python -m resattn
+predict RUN IMAGE...``, ``python -m resattn export RUN --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from resattn.config import ModelConfig
+from resattn.network import ResidualAttentionNetwork, build_model
+from resattn.study.store import EXIT_BAD_INPUT, RunDir, StoreError, atomic_path
+
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"  # an export folder
+CIFAR_SIZE = 32
+IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # as the data module's
+
+
+class RunError(ValueError):
+    """A run, checkpoint, export or image that cannot be used (names it and says what to do)."""
+
+
+@dataclass
+class TrainedModel:
+    """A trained network in eval mode and what using it needs.
+
+    Attributes:
+        net: the network, in eval mode on the CPU.
+        config: its :class:`~resattn.config.ModelConfig`.
+        classes: the class names, in label order.
+        mean: the per-pixel training mean (3, 32, 32) in 0-255 units the CIFAR inputs are centred
+            with (None for the ImageNet family, which uses the ImageNet mean and std).
+        card: where it comes from: study, run id, variant, seed, profile, data, test error, commit.
+    """
+
+    net: ResidualAttentionNetwork
+    config: ModelConfig
+    classes: list[str]
+    mean: torch.Tensor | None
+    card: dict = field(default_factory=dict)
+
+    def preprocess(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (3, H, W) images of any size -> (the resized uint8 images, the network's input batch).
+
+        CIFAR networks: resized to 32x32 (antialiased), centred with the training mean, in 1/255
+        units as in training. ImageNet networks: resized to 256, centre crop 224, ImageNet mean/std.
+        """
+        from torchvision.transforms.v2 import functional as TF
+
+        from resattn.data import normalize
+
+        if self.config.family == "cifar":
+            shown = torch.stack([TF.resize(im, [CIFAR_SIZE, CIFAR_SIZE], antialias=True) for im in images])
+            return shown, normalize(shown, self.mean)
+        shown = torch.stack(
+            [TF.center_crop(TF.resize(im, [IMAGENET_RESIZE], antialias=True), [IMAGENET_CROP]) for im in images]
+        )
+        x = TF.normalize(shown.float() / 255.0, list(IMAGENET_MEAN), list(IMAGENET_STD))
+        return shown, x
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).softmax(1)
+
+
+def _model(hparams: dict) -> ResidualAttentionNetwork:
+    """The network of a LightningModule's hyperparameters (the ModelConfig fields among them)."""
+    fields = set(ModelConfig.__dataclass_fields__) - {"preset"}
+    return build_model(ModelConfig(**{k: v for k, v in hparams.items() if k in fields}))
+
+
+def _from_checkpoint(path: Path, card: dict, data_config: dict | None = None) -> TrainedModel:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = dict(ckpt["hyper_parameters"])
+        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    except Exception as err:
+        raise RunError(f"{path} is not a readable resattn checkpoint ({type(err).__name__}: {err}).") from err
+    net = _model(hparams)
+    net.load_state_dict(state)
+    data_state = ckpt.get("CIFARDataModule") or {}
+    mean, classes = data_state.get("mean"), data_state.get("classes")
+    if not classes:  # a checkpoint of an older version: the mean and the classes come from the data
+        mean, classes = _data_facts(path, data_config)
+    config = net.config
+    return TrainedModel(net.eval(), config, list(classes), mean if config.family == "cifar" else None, card)
+
+
+def _data_facts(path: Path, data_config: dict | None) -> tuple[torch.Tensor | None, list[str]]:
+    from resattn.data import CIFARDataModule
+
+    if data_config is None:
+        raise RunError(
+            f"{path} holds no training mean and class names (written by an older resattn); load it from its study "
+            "run folder, whose config.yaml names the data they are computed from."
+        )
+    try:
+        data = CIFARDataModule(**data_config)
+        data.setup()
+    except (OSError, ValueError) as err:
+        raise RunError(
+            f"the training mean of {path} is computed from the run's data, which is not here: {err}"
+        ) from err
+    return getattr(data, "mean", None), data.classes
+
+
+def _from_export(folder: Path) -> TrainedModel:
+    from safetensors.torch import load_file
+
+    try:
+        info = json.loads((folder / CONFIG).read_text())
+        state = load_file(str(folder / WEIGHTS))
+    except Exception as err:
+        raise RunError(f"{folder} is not a readable resattn export ({type(err).__name__}: {err}).") from err
+    net = build_model(ModelConfig(**info["model"]))
+    net.load_state_dict(state)
+    mean = torch.tensor(info["mean"]) if info.get("mean") is not None else None
+    return TrainedModel(net.eval(), net.config, info["classes"], mean, info.get("card", {}))
+
+
+def load_run(path: str | Path) -> TrainedModel:
+    """The trained network of a study run folder, a checkpoint file or an export folder, in eval mode.
+
+    A study run's weights are its ``checkpoints/last.ckpt``: the final weights once the run has a
+    result, else those of its last checkpoint (``card["finished"]`` says which).
+
+    Raises:
+        RunError: the path is none of these, or has no weights (names it and says what to do).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / WEIGHTS).is_file():
+        return _from_export(path)
+    if path.is_file():
+        return _from_checkpoint(path, {"checkpoint": str(path.resolve())})
+    run_dir = RunDir(path)
+    if not run_dir.spec.is_file():
+        what = (
+            "does not exist" if not path.exists() else "is not a study run folder (no run.json), checkpoint or export"
+        )
+        raise RunError(f"{path} {what}.")
+    try:
+        spec, result = run_dir.read_spec(), run_dir.read_result()
+    except StoreError as err:
+        raise RunError(str(err)) from err
+    if not run_dir.checkpoint.is_file():
+        raise RunError(
+            f"{path} has no weights ({run_dir.checkpoint} is missing): the run has not trained yet, or its checkpoint "
+            "was moved (e.g. into attic/ by --force). Train it with the study command first."
+        )
+    card = {
+        "study": spec.study,
+        "run_id": spec.run_id,
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "profile": spec.profile,
+        "precision": spec.precision,
+        "data": {k: v for k, v in spec.config["data"].items() if k != "data_dir"},
+        "finished": result is not None and result.status == "finished",
+        "test_error": result.test_error if result else None,
+        "git_commit": result.git_commit if result else None,
+        "source": str(path.resolve()),
+    }
+    return _from_checkpoint(run_dir.checkpoint, card, spec.config["data"])
+
+
+def read_images(paths: list[str]) -> list[torch.Tensor]:
+    """Each file as a uint8 RGB (3, H, W) tensor (torchvision's decoders: PNG, JPEG, GIF, WebP, ...).
+
+    Raises:
+        RunError: a file that is missing or not an image, named.
+    """
+    from torchvision.io import ImageReadMode, decode_image
+
+    images = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise RunError(f"{path}: no such image file.")
+        try:
+            images.append(decode_image(str(path), mode=ImageReadMode.RGB))
+        except Exception as err:  # torchvision's message names its C++ source file: not for users
+            raise RunError(f"{path} is not an image torchvision can read (PNG, JPEG, GIF or WebP).") from err
+    return images
+
+
+def top_classes(model: TrainedModel, x: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+    """The ``k`` most probable classes of each image, with their probabilities."""
+    probs = model.probabilities(x)
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [[(model.classes[i], float(p)) for p, i in zip(v, ix)] for v, ix in zip(values.tolist(), indices.tolist())]
+
+
+def export(model: TrainedModel, out: Path) -> list[Path]:
+    """Write ``model.safetensors`` (the network's weights), ``config.json`` (model config, class names,
+    training mean, provenance) and ``README.md`` (a model card) into ``out``; :func:`load_run`
+    loads the folder without the study."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.net.state_dict().items()}
+    info = {
+        "format": "resattn export 1",
+        "model": model.config.to_dict(),
+        "classes": model.classes,
+        "mean": model.mean.tolist() if model.mean is not None else None,
+        "input": "CIFAR: RGB 32x32, minus the per-pixel training mean, divided by 255"
+        if model.config.family == "cifar"
+        else "ImageNet: RGB, resize 256, centre crop 224, ImageNet mean and std",
+        "card": model.card,
+    }
+    weights, config, card = out / WEIGHTS, out / CONFIG, out / CARD
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    with atomic_path(config) as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
+    with atomic_path(card) as tmp:
+        tmp.write_text(model_card(model))
+    return [weights, config, card]
+
+
+def model_card(model: TrainedModel) -> str:
+    c, cfg = model.card, model.config
+    error = c.get("test_error")
+    lines = [
+        f"# {cfg.name} ({cfg.attention_learning}, {cfg.mask_structure}, {cfg.normalization}, {cfg.attention_block})",
+        "",
+        "A Residual Attention Network (Wang et al., CVPR 2017) trained with resattn.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model | `{json.dumps(cfg.to_dict())}` |",
+        f"| study / run | {c.get('study', '—')} / {c.get('run_id', '—')} (variant {c.get('variant', '—')}) |",
+        f"| seed | {c.get('seed', '—')} |",
+        f"| profile | {c.get('profile', '—')} (precision {c.get('precision', '—')}) |",
+        f"| data | `{json.dumps(c.get('data', {}))}` |",
+        f"| test error | {f'{error:.2f}%' if error is not None else '—'} (final weights) |",
+        f"| trained to the end | {c.get('finished', '—')} |",
+        f"| commit | {c.get('git_commit', '—')} |",
+        f"| classes | {', '.join(model.classes)} |",
+        "",
+        "Load it with `resattn.trained.load_run(folder)`; predict with `python -m resattn predict FOLDER IMAGE...`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str], out: Path, channels: int = 0):
+    """Paper Fig. 1 for any images: each image (resized as the network sees it) and, as heat maps over
+    it, the soft mask of the first module of each stage, mean over channels, then optionally the
+    ``channels`` channels of highest spatial variance. One row per image."""
+    import matplotlib.pyplot as plt
+
+    from resattn.probes import mask_outputs
+    from resattn.report.plots import _save, mask_overlay
+
+    shown, x = model.preprocess(images)
+    masks = mask_outputs(model.net, x)
+    firsts = sorted(k for k in masks if k.endswith("m1"))
+    cols = 1 + len(firsts) * (1 + channels)
+    fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols + 0.8, 2.1 * len(images) + 0.9), squeeze=False)
+    for row, (image, original, name) in enumerate(zip(shown, images, names)):
+        picture = image.permute(1, 2, 0).numpy()
+        ax = axes[row, 0]
+        ax.imshow(picture)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        h, w = original.shape[-2:]
+        resized = f"\nresized {w}x{h} -> {picture.shape[1]}x{picture.shape[0]}" if (h, w) != picture.shape[:2] else ""
+        ax.set_title(f"{Path(name).name}{resized}", fontsize=7)
+        col = 1
+        for module in firsts:
+            m = masks[module][row]  # (C, h, w)
+            views = [("mean over channels", m.mean(0))]
+            order = m.flatten(1).var(1).argsort(descending=True)[:channels]
+            views += [(f"channel {int(c)}", m[c]) for c in order]
+            for label, view in views:
+                v = view.numpy()
+                im = mask_overlay(axes[row, col], picture, v, float(v.min()), float(v.max()))
+                axes[row, col].set_title(f"stage {module[1]} ({module}): {label}", fontsize=7)
+                fig.colorbar(im, ax=axes[row, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+                col += 1
+    card = model.card
+    source = f"{card.get('study')}/{card.get('run_id')}" if card.get("run_id") else card.get("checkpoint", "")
+    fig.suptitle(
+        f"Soft masks of {model.config.name} ({model.config.attention_learning}), {source}; each map on its own "
+        "colour scale",
+        fontsize=9,
+    )
+    return _save(fig, out)
+
+
+def _check_out(path: Path, flag: str = "--out") -> None:
+    from resattn.study.preflight import check_folder
+
+    try:
+        check_folder(path.parent if path.suffix else path, flag)
+    except ValueError as err:
+        raise RunError(str(err)) from err
+
+
+def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"resattn {prog}", description=doc)
+    parser.add_argument("run", help="a study run folder (runs/<study>/<run id>), a .ckpt file or an export folder")
+    return parser
+
+
+def masks_main(argv: list[str] | None = None) -> int:
+    parser = _parser("masks", "Draw a trained network's soft masks over your own images (the paper's Fig. 1).")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    parser.add_argument("--channels", type=int, default=0, help="also show the K channels of highest variance")
+    args = parser.parse_args(argv)
+    try:
+        if args.channels < 0:
+            raise RunError(f"--channels {args.channels}: must be an integer >= 0.")
+        if args.out.suffix.lower() != ".png":
+            raise RunError(f"--out {args.out}: must name a .png file.")
+        _check_out(args.out)
+        model = load_run(args.run)
+        if not any(m.mask is not None for _, m in model.net.attention_modules()):
+            block = model.config.attention_block if model.config.attention_learning != "none" else "none"
+            raise RunError(f"{args.run} has no soft mask (attention {block}): there is no mask to draw.")
+        images = read_images(args.images)
+        mask_figure(model, images, args.images, args.out, args.channels)
+    except OSError as err:  # the folder passed the checks, the write failed: nothing was left (atomic)
+        print(f"error: could not write {args.out}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"Wrote {args.out}")
+    return 0
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    parser = _parser("predict", "Print a trained network's most probable classes for your own images.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--top", type=int, default=5, help="how many classes (default 5)")
+    args = parser.parse_args(argv)
+    try:
+        if args.top < 1:
+            raise RunError(f"--top {args.top}: must be an integer >= 1.")
+        model = load_run(args.run)
+        images = read_images(args.images)
+        _, x = model.preprocess(images)
+        for name, image, best in zip(args.images, images, top_classes(model, x, args.top)):
+            h, w = image.shape[-2:]
+            print(f"{name} ({w}x{h}): " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in best))
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    parser = _parser("export", f"Write a trained network as {WEIGHTS}, {CONFIG} and a model card ({CARD}).")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write (created if needed)")
+    args = parser.parse_args(argv)
+    try:
+        _check_out(args.out / CONFIG)
+        model = load_run(args.run)
+        written = export(model, args.out)
+    except OSError as err:  # the folder passed the checks, the write failed: each file is written atomically
+        print(f"error: could not write {args.out}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"Wrote {', '.join(str(p) for p in written)}")
+    if not model.card.get("finished", True):
+        print("note: the run has no result yet: these are the weights of its last checkpoint, not its final ones.")
+    return 0
