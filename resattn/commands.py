@@ -84,6 +84,13 @@ def study_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (local: processes; slurm: array parallelism)")
     parser.add_argument(
+        "--pack",
+        type=int,
+        default=None,
+        help="train up to K seeds of a variant in one process as one vectorised model (default: 1 on a CPU, "
+        "every seed up to 8 on a GPU); a pack is one task for --jobs and the executors",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="retrain runs that have a result (the old one is moved to the run's attic/)",
@@ -159,6 +166,7 @@ def study_main(argv: list[str] | None = None) -> int:
             ray_address=args.ray_address,
             max_retries=args.max_retries,
             slurm=slurm,
+            pack=args.pack,
         )
     except StopRequested as stop:
         print(str(stop), file=sys.stderr)

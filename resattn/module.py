@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -37,8 +39,10 @@ class ResidualAttentionClassifier(L.LightningModule):
             keep those of the tested weights (``probe_results``, on the test split).
         channels_last: run the network in channels_last memory format (measured faster on this
             project's CPU machine: 81 vs 53 img/s for Attention-56, see README "Performance").
-        compile: ``torch.compile`` the network (in place; checkpoints keep their keys). Its
-            compilation happens in the first steps.
+        compile: ``torch.compile`` the network (in place; checkpoints keep their keys): ``true``
+            (inductor's default mode) or a mode: ``reduce-overhead`` (CUDA graphs: the launch-bound
+            step on a GPU replayed as one graph), ``max-autotune``. Its compilation happens in the
+            first steps.
     """
 
     def __init__(
@@ -62,7 +66,7 @@ class ResidualAttentionClassifier(L.LightningModule):
         lr_gamma: float = 0.1,
         probes: bool = True,
         channels_last: bool = True,
-        compile: bool = False,
+        compile: bool | CompileMode = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -85,19 +89,12 @@ class ResidualAttentionClassifier(L.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:
-            self.net.compile()
-        top5 = min(5, num_classes)
-        metrics = MetricCollection(
-            {
-                "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-                "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
-            }
-        )
-        metrics.persistent(True)  # metric states go into checkpoints: a resumed epoch counts every batch
-        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone() for _ in range(3))
-        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
-        for loss in (self.train_loss, self.val_loss, self.test_loss):
-            loss.persistent(True)
+            self.net.compile(**compile_options(compile))
+        (
+            (self.train_metrics, self.train_loss),
+            (self.val_metrics, self.val_loss),
+            (self.test_metrics, self.test_loss),
+        ) = (classification_metrics(num_classes) for _ in range(3))
         # a torchmetrics Metric: its sums are synced over the ranks in compute(), and are in no checkpoint
         self.probe = ResponseProbe()
         self.probe_results: dict[str, float] = {}  # of the last test: the final weights, on the test split
@@ -120,14 +117,8 @@ class ResidualAttentionClassifier(L.LightningModule):
 
     def _log_metrics(self, split: str) -> None:
         """Epoch metrics of a split (averaged over every device's batches), then a fresh start."""
-        loss = getattr(self, f"{split}_loss")
-        self.log(f"{split}/loss", loss.compute())
-        loss.reset()
-        values = self._metrics(split).compute()
-        self._metrics(split).reset()
-        for name, acc in values.items():
-            self.log(f"{split}/{name}", acc)
-            self.log(f"{split}/err{name[3:]}", 1.0 - acc)
+        for name, value in epoch_metrics(getattr(self, f"{split}_loss"), self._metrics(split)).items():
+            self.log(f"{split}/{name}", value)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -161,11 +152,52 @@ class ResidualAttentionClassifier(L.LightningModule):
             self.probe_results = self.probe.compute()
 
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.SGD(
-            self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
-        )
-        total = self.trainer.estimated_stepping_batches
-        milestones = [int(f * total) for f in hp.lr_milestones]
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return paper_optimizer(self.parameters(), self.hparams, self.trainer.estimated_stepping_batches)
+
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+
+
+def compile_options(compile: bool | str) -> dict:
+    """``torch.compile`` keyword arguments of the ``compile`` setting."""
+    return {} if compile is True else {"mode": compile}
+
+
+def classification_metrics(num_classes: int) -> tuple[MetricCollection, MeanMetric]:
+    """Top-1 / top-5 accuracy and the mean loss of one split, with their states checkpointed (a
+    resumed epoch counts every batch)."""
+    metrics = MetricCollection(
+        {
+            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        }
+    )
+    metrics.persistent(True)
+    loss = MeanMetric(nan_strategy="disable")
+    loss.persistent(True)
+    return metrics, loss
+
+
+def epoch_metrics(loss: MeanMetric, metrics: MetricCollection) -> dict[str, torch.Tensor]:
+    """``loss``, ``acc1``, ``acc5``, ``err1``, ``err5`` of the epoch (synced over devices), then reset."""
+    values = {"loss": loss.compute()}
+    loss.reset()
+    accuracies = metrics.compute()
+    metrics.reset()
+    for name, acc in accuracies.items():
+        values[name] = acc
+        values[f"err{name[3:]}"] = 1.0 - acc
+    return values
+
+
+def paper_optimizer(parameters, hp, total_steps: int) -> dict:
+    """The paper's optimiser (PAPER.md section 5): Nesterov SGD with momentum and weight decay, the
+    learning rate multiplied by ``lr_gamma`` at the ``lr_milestones`` fractions of ``total_steps``
+    (stepped per optimiser step), as Lightning's ``configure_optimizers`` returns it. Every
+    operation is elementwise, so on stacked parameters (a seed pack) it is each seed's own SGD."""
+    optimizer = torch.optim.SGD(
+        parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
+    )
+    milestones = [int(f * total_steps) for f in hp.lr_milestones]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.lr_gamma)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -21,20 +21,69 @@ from resattn.study.store import write_json_atomic
 
 
 class Diverged(RuntimeError):
-    """A non-finite training loss: the run stops and is recorded as diverged."""
+    """A non-finite training loss: the run stops and is recorded as diverged. ``members`` maps each
+    diverged seed of the run (its index in a pack; 0 for a run alone) to (step, epoch, loss)."""
 
-    def __init__(self, step: int, epoch: int, loss: float) -> None:
+    def __init__(self, members: dict[int, tuple[int, int, float]]) -> None:
+        step, epoch, loss = members[min(members)]
         super().__init__(f"non-finite training loss ({loss}) at step {step} (epoch {epoch})")
-        self.step, self.epoch, self.loss = step, epoch, loss
+        self.step, self.epoch, self.loss, self.members = step, epoch, loss, dict(members)
 
 
 class DivergenceGuard(Callback):
-    """Stops training at the first non-finite loss (raises :class:`Diverged`, before any later step)."""
+    """Watches the training loss of each seed of the run (one, or the K of a pack) without a host
+    sync per step: the first non-finite step and loss of each seed are kept on the device and read
+    every ``every`` steps, at each epoch's end (before its checkpoint) and when a checkpoint is
+    written, so a divergence is found at most ``every`` steps late but recorded at its own step. A
+    seed that diverged is listed in ``diverged``; when every seed has, training stops
+    (:class:`Diverged`). In a pack the others train on: each seed has its own parameters, so NaNs
+    stay in the diverged one's slice."""
+
+    def __init__(self, every: int = 100) -> None:
+        self.every = every
+        self.diverged: dict[int, tuple[int, int, float]] = {}  # seed index -> (step, epoch, loss)
+        self._first = self._loss = self._step = None
+        self._per_epoch = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._step = torch.tensor(trainer.global_step, device=pl_module.device)
+        self._per_epoch = max(1, int(trainer.num_training_batches)) if trainer.num_training_batches else 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).item():
-            raise Diverged(trainer.global_step, trainer.current_epoch, float(loss))
+        losses = (outputs.get("losses", outputs["loss"]) if isinstance(outputs, dict) else outputs).detach().reshape(-1)
+        if self._first is None:
+            self._first = torch.full_like(losses, -1, dtype=torch.long)
+            self._loss = torch.zeros_like(losses, dtype=torch.float32)
+        self._step += 1  # = trainer.global_step after this optimiser step, counted on the device
+        new = ~torch.isfinite(losses) & (self._first < 0)
+        self._first = torch.where(new, self._step, self._first)
+        self._loss = torch.where(new, losses.float(), self._loss)
+        if trainer.global_step % self.every == 0:
+            self.check()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.check()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check()
+
+    def check(self, stop: bool = True) -> None:
+        """Read the device state (one sync); raise :class:`Diverged` if every seed has diverged."""
+        if self._first is None:
+            return
+        for k, (step, loss) in enumerate(zip(self._first.tolist(), self._loss.tolist())):
+            if step >= 0 and k not in self.diverged:
+                self.diverged[k] = (step, (step - 1) // self._per_epoch, loss)
+        if stop and len(self.diverged) == self._first.numel():
+            raise Diverged(self.diverged)
+
+    def state_dict(self) -> dict:
+        self.check(stop=False)
+        return {"diverged": {str(k): list(v) for k, v in self.diverged.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.diverged = {int(k): tuple(v) for k, v in state["diverged"].items()}
+        self._first = None  # restarts the device state; seeds already diverged stay recorded
 
 
 class StudyProgress(Callback):

@@ -1,9 +1,10 @@
 """Where the runs of a study train: on this machine (``local``), as Ray tasks (``ray``) or as a SLURM
 job array through submitit (``slurm``).
 
-Every executor starts the same per-run entry point, ``python -m resattn.study.train RUN_DIR``,
-in its own process, and that process writes the run's files (checkpoint, progress, result), so
-results do not depend on where a run trained. The runs folder must be visible at the same path
+Every executor starts the same per-run entry point, ``python -m resattn.study.train RUN_DIR``
+(or the run folders of a pack: one task, with its GPUs), in its own process, and that process
+writes the run's files (checkpoint, progress, result), so results do not depend on where a run
+trained. The runs folder must be visible at the same path
 from every machine (a shared file system) for the ``ray`` and ``slurm`` executors.
 """
 
@@ -31,17 +32,24 @@ EXTRAS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # executor -> 
 
 @dataclass(frozen=True)
 class Task:
-    """One run to train: its folder and the worker's command-line options after RUN_DIR."""
+    """One unit of training: a run, or a pack of runs (``members``) trained as one model. ``run_dir``
+    is where its log, progress and checkpoint go (the run's folder, or the pack's); ``options``
+    are the worker's command-line options after the run folders."""
 
     run_id: str
     run_dir: RunDir
     options: tuple[str, ...] = ()
+    members: tuple[RunDir, ...] = ()
+
+    @property
+    def runs(self) -> tuple[RunDir, ...]:
+        return self.members or (self.run_dir,)
 
 
 def start_worker(task: Task, threads: int | None, log, **popen) -> subprocess.Popen:
-    """Start ``python -m resattn.study.train RUN_DIR ...`` as a child of this process (which it
-    watches: it stops with a checkpoint if this process dies), output to ``log``."""
-    cmd = [sys.executable, "-m", "resattn.study.train", str(task.run_dir), *task.options]
+    """Start ``python -m resattn.study.train RUN_DIR [RUN_DIR ...] ...`` as a child of this process
+    (which it watches: it stops with a checkpoint if this process dies), output to ``log``."""
+    cmd = [sys.executable, "-m", "resattn.study.train", *(str(r) for r in task.runs), *task.options]
     cmd += ["--parent-pid", str(os.getpid())] + (["--threads", str(threads)] if threads else [])
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, **popen)

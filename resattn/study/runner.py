@@ -34,6 +34,7 @@ from resattn.study.store import (
     RunSpec,
     StoreError,
     is_locked,
+    pack_dir,
     study_dir,
 )
 
@@ -202,11 +203,26 @@ class StudyOutcome:
     wandb_mode: str
 
 
+MAX_PACK = 64
+
+
 def check_options(
-    seeds: int | None, jobs: int, cpus_per_run: float | None, gpus_per_run: float, max_retries: int, executor: str
+    seeds: int | None,
+    jobs: int,
+    cpus_per_run: float | None,
+    gpus_per_run: float,
+    max_retries: int,
+    executor: str,
+    pack: int | None = None,
 ) -> None:
     """The runner's own numeric and choice options (each named as its flag), before anything else."""
     checks = [
+        (
+            "--pack",
+            pack,
+            pack is None or (isinstance(pack, int) and 1 <= pack <= MAX_PACK),
+            f"an integer in [1, {MAX_PACK}]",
+        ),
         ("--seeds", seeds, seeds is None or (isinstance(seeds, int) and 1 <= seeds <= 1000), "an integer in [1, 1000]"),
         ("--jobs", jobs, isinstance(jobs, int) and jobs >= 1, "an integer >= 1"),
         (
@@ -245,20 +261,23 @@ def run_study(
     max_retries: int = 1,
     slurm: dict | None = None,
     poll: float = 5.0,
+    pack: int | None = None,
 ) -> StudyOutcome:
     """Train what is missing of a study. Runs with a result (finished or diverged) are skipped; a run
     with a checkpoint resumes from it; a run whose lock another runner holds is left to it (and
     waited for at the end). A failed run is retried up to ``max_retries`` times (from its
     checkpoint). ``force`` retrains: earlier results and checkpoints are moved aside into the run's
-    ``attic/``, never deleted. Everything is checked first (options, settings, data, folders), so
-    bad input fails before anything is created, moved or deleted.
+    ``attic/``, never deleted. ``pack`` trains up to that many seeds of a variant in one process as
+    one vectorised model (default: :func:`resattn.study.preflight.default_pack`). Everything is
+    checked first (options, settings, data, folders), so bad input fails before anything is
+    created, moved or deleted.
 
     Raises:
         ValueError: bad input (unknown study / profile / setting, wrong type, missing data, ...).
         StopRequested: SIGINT / SIGTERM arrived; the runs in flight saved checkpoints.
     """
     out = out or sys.stdout
-    check_options(seeds, jobs, cpus_per_run, gpus_per_run, max_retries, executor)
+    check_options(seeds, jobs, cpus_per_run, gpus_per_run, max_retries, executor, pack)
     if slurm and executor != "slurm":
         raise ValueError(f"--slurm is for --executor slurm, not --executor {executor}.")
     check_folder(runs_dir, "--runs-dir")
@@ -269,10 +288,19 @@ def run_study(
 
     precision = preflight.default_precision(expand(study, prof, seeds, overrides))
     runs, built = preflight.resolve(expand(study, prof, seeds, overrides, defaults={"trainer.precision": precision}))
+    size = pack or preflight.default_pack(runs)
+    if size > 1 and any(b.cli.trainer.num_devices > 1 or b.cli.trainer.num_nodes > 1 for b in built.values()):
+        raise ValueError(f"--pack {size}: a pack trains on one device; with trainer.devices > 1 use --pack 1.")
     dirs = {r.run_id: RunDir.of(runs_dir, r) for r in runs}
     has_result = {r.run_id: dirs[r.run_id].read_result() is not None for r in runs}  # a bad result: StoreError
     todo = [r for r in runs if force or not has_result[r.run_id]]
-    resumable = [r for r in todo if not force and dirs[r.run_id].checkpoint.is_file()]
+    units = plan_units(todo, dirs, size)
+    unit_of = {m.name: u for u in units for m in u.runs}
+    resumable = [
+        r
+        for r in todo
+        if not force and (dirs[r.run_id].checkpoint.is_file() or unit_of[r.run_id].run_dir.checkpoint.is_file())
+    ]
     print(
         f"Study {study.name} ({study.paper_table}: {study.title}); profile {prof.name}: {prof.description}.", file=out
     )
@@ -280,16 +308,20 @@ def run_study(
     print(f"  precision {', '.join(precisions)}; configuration {', '.join(configurations)}", file=out)
     for key, value in runs[0].reductions.items():
         print(f"  reduced: {key} = {value}", file=out)
+    packs = sum(len(u.members) > 1 for u in units)
+    packed = f" in {len(units)} process(es), {packs} pack(s) of up to {size} seeds" if size > 1 else ""
     print(
         f"{len(runs)} runs ({len(study.variants())} variants x {seeds or prof.seeds} seeds): "
-        f"{len(runs) - len(todo)} finished, {len(todo)} to train ({len(resumable)} from a checkpoint); "
+        f"{len(runs) - len(todo)} finished, {len(todo)} to train{packed} ({len(resumable)} from a checkpoint); "
         f"executor {executor}; W&B {wandb_mode}, project {project}.",
         file=out,
     )
     if dry_run or not todo:
         for run in runs if dry_run else []:
             state = ("resumes" if run in resumable else "to train") if run in todo else "finished"
-            print(f"  {run.run_id}  {state}  {dirs[run.run_id]}", file=out)
+            unit = unit_of.get(run.run_id)
+            where = f" (pack {unit.run_id})" if unit is not None and unit.members else ""
+            print(f"  {run.run_id}  {state}  {dirs[run.run_id]}{where}", file=out)
         return StudyOutcome(study, runs, 0, wandb_mode)
     trainer = built[todo[0].run_id].cli.trainer
     pool = make_executor(
@@ -306,6 +338,7 @@ def run_study(
                 dirs,
                 resumable,
                 pool,
+                units,
                 run_costs,
                 force,
                 out,
@@ -322,7 +355,30 @@ def run_study(
         raise StudyError(str(err)) from err
 
 
-def train(todo, dirs, resumable, pool, run_costs, force, out, name, max_retries, poll, wandb_mode, project, entity):
+def plan_units(todo: list[RunSpec], dirs: dict[str, RunDir], size: int) -> list[Task]:
+    """The units of training: each run alone (``size`` 1), or the runs of each variant in packs of up
+    to ``size`` seeds (in seed order; the same runs give the same packs, so a pack resumes as one)."""
+    if size == 1:
+        return [Task(r.run_id, dirs[r.run_id]) for r in todo]
+    groups: dict[tuple, list[RunSpec]] = {}
+    for run in todo:
+        groups.setdefault((run.variant, run.settings_digest), []).append(run)
+    units = []
+    for group in groups.values():
+        group.sort(key=lambda r: r.seed)
+        for i in range(0, len(group), size):
+            members = tuple(dirs[r.run_id] for r in group[i : i + size])
+            if len(members) == 1:
+                units.append(Task(members[0].name, members[0]))
+            else:
+                folder = pack_dir(list(members))
+                units.append(Task(folder.name, folder, members=members))
+    return units
+
+
+def train(
+    todo, dirs, resumable, pool, units, run_costs, force, out, name, max_retries, poll, wandb_mode, project, entity
+):
     """Write each run's spec (moving earlier work aside with ``force``), then schedule; the failures."""
     from resattn.study.callbacks import resume_checkpoint
 
@@ -337,10 +393,16 @@ def train(todo, dirs, resumable, pool, run_costs, force, out, name, max_retries,
             for warning in caught:
                 print(f"  warning: {warning.message}", file=out)
         run_dir.write_spec(run)
+    for unit in units:
+        if unit.members:
+            if force and not any(is_locked(m) for m in unit.members) and (aside := unit.run_dir.move_aside()):
+                print(f"  --force: moved the earlier checkpoint of {unit.run_id} to {aside}", file=out)
+            unit.run_dir.path.mkdir(parents=True, exist_ok=True)
     options = ("--wandb", wandb_mode, "--project", project, *(("--entity", entity) if entity else ()))
-    tasks = {r.run_id: Task(r.run_id, dirs[r.run_id], options) for r in todo}
-    progress = Progress(name, run_costs, out)
-    index = {r.run_id: i for i, r in enumerate(todo, 1)}
+    tasks = {u.run_id: Task(u.run_id, u.run_dir, options, u.members) for u in units}
+    costs = {u.run_id: sum(run_costs[m.name] for m in u.runs) for u in units}
+    progress = Progress(name, costs, out)
+    index = {u.run_id: i for i, u in enumerate(units, 1)}
     try:
         failed = schedule(tasks, pool, progress, index, max_retries, poll)
     finally:
@@ -364,23 +426,30 @@ def schedule(
         monitor.active[task.run_id] = task.run_dir
         started_ids.add(task.run_id)
         verb = "started" if pool.name == "local" else f"submitted to {pool.name}"
+        if task.members:
+            verb += f" (a pack of {len(task.members)}: {', '.join(m.name for m in task.members)})"
         again = f" (attempt {attempts[task.run_id] + 1})" if attempts.get(task.run_id) else ""
         progress.say(index[task.run_id], task.run_id, verb + again)
 
     def done(task: Task, code: int) -> None:
         monitor.active.pop(task.run_id, None)
         i = index[task.run_id]
-        if code == 0 and (result := task.run_dir.read_result()) is not None:
+        results = {r.name: r.read_result() for r in task.runs} if code == 0 else {}
+        if code == 0 and all(results.values()):
             progress.finish(task.run_id)
-            if result.status == "diverged":
-                d = result.diverged
-                progress.say(i, task.run_id, f"DIVERGED at step {d.step} (loss {d.loss}); recorded as such")
-            else:
-                progress.say(
-                    i, task.run_id, f"finished: test error {result.test_error:.2f}% in {fmt_time(result.wall_time_s)}"
-                )
-        elif code == EXIT_BUSY:  # another runner took its lock first (or finished it): stays pending
-            progress.say(i, task.run_id, "taken by another runner meanwhile")
+            for run_id, result in results.items():
+                if result.status == "diverged":
+                    d = result.diverged
+                    progress.say(i, run_id, f"DIVERGED at step {d.step} (loss {d.loss}); recorded as such")
+                else:
+                    progress.say(
+                        i, run_id, f"finished: test error {result.test_error:.2f}% in {fmt_time(result.wall_time_s)}"
+                    )
+        elif code == EXIT_BUSY or (code == 0 and any(results.values())):  # another runner has (some of) it
+            for run_id, result in results.items():
+                if result is not None:
+                    progress.say(i, run_id, f"has its result ({result.status})")
+            progress.say(i, task.run_id, "taken by another runner meanwhile" + (" (in part)" if results else ""))
         elif stop.is_set() and task.run_id not in started_ids:
             progress.say(i, task.run_id, "not started")
         elif code in (EXIT_INTERRUPTED, -signal.SIGTERM) and stop.is_set():
@@ -415,12 +484,15 @@ def schedule(
             pending = list(tasks)
             announced: set[str] = set()
             while pending and not stop.is_set():
-                # A run with a result now was finished (here or by another runner).
-                pending = [k for k in pending if k not in failed and tasks[k].run_dir.read_result() is None]
-                free = [k for k in pending if not is_locked(tasks[k].run_dir)]
+                # A run with a result now was finished (here or by another runner); a pack is pending
+                # while any of its runs is, and free while no other process holds any of them.
+                pending = [
+                    k for k in pending if k not in failed and any(r.read_result() is None for r in tasks[k].runs)
+                ]
+                free = [k for k in pending if not any(is_locked(r) for r in tasks[k].runs)]
                 for k in sorted(set(pending) - set(free) - announced):
-                    holder = RunLock(tasks[k].run_dir).holder()
-                    progress.say(index[k], k, f"is being trained by {holder}: waiting for it")
+                    held = next(r for r in tasks[k].runs if is_locked(r))
+                    progress.say(index[k], k, f"is being trained by {RunLock(held).holder()}: waiting for it")
                     announced.add(k)
                 for k in set(tasks) - set(pending) - progress.done - failed:
                     progress.finish(k)

@@ -186,6 +186,7 @@ class RunResult(RunSpec):
     wandb: dict[str, Any]
     diverged: Divergence | None = None
     probe_split: str | None = None  # "test": the probe ran when the final weights were tested
+    pack: dict[str, Any] | None = None  # trained in a pack: its folder, runs, seeds, images/s of all seeds
 
 
 @contextmanager
@@ -345,6 +346,12 @@ def study_dir(runs_dir: Path | str, study: str, part: str | None = None) -> Path
     (the W&B report run)."""
     folder = Path(runs_dir) / study
     return folder / f"_{part}" if part else folder
+
+
+def pack_dir(run_dirs: list[RunDir]) -> RunDir:
+    """The folder of a pack of runs of one study (``runs/<study>/_pack-<hash of the run ids>``): its
+    checkpoint, progress and log (it is no run: it has no ``run.json``)."""
+    return RunDir(run_dirs[0].path.parent / f"_pack-{digest(sorted(rd.name for rd in run_dirs))}")
 
 
 def study_results(runs_dir: Path | str, study: str) -> list[RunResult]:

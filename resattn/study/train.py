@@ -1,4 +1,4 @@
-"""One study run in its own process: ``python -m resattn.study.train RUN_DIR [--wandb MODE ...]``.
+"""One study run (or a pack of seeds) in its own process: ``python -m resattn.study.train RUN_DIR [RUN_DIR ...]``.
 
 The per-run entry point of every executor. Builds the run from ``RUN_DIR/config.yaml`` with the
 single-run CLI's parser (the same run ``python -m resattn fit --config RUN_DIR/config.yaml`` trains),
@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from resattn.cli import build_run
 from resattn.data import normalize
 from resattn.machine import describe_device
+from resattn.packing import PREFIX, PackedClassifier, PackedData
 from resattn.probes import mask_maps
 from resattn.study import wandb_runs
 from resattn.study.callbacks import (
@@ -58,6 +59,7 @@ from resattn.study.store import (
     RunResult,
     RunSpec,
     StoreError,
+    pack_dir,
 )
 from resattn.summary import model_cost
 
@@ -97,34 +99,62 @@ class Interrupted(Exception):
         self.step = step
 
 
-def train(run_dir: RunDir, wandb_mode: str = "offline", project: str = "resattn", entity: str | None = None):
-    """Train the run of ``run_dir`` (resuming from its checkpoint if it has one) and write its result.
+def member_epochs(epochs: list[dict], k: int) -> list[dict]:
+    """The per-epoch metrics of member ``k`` of a pack (logged as ``m{k}/...``), as a run alone logs them."""
+    prefix = PREFIX.format(k)
+    return [
+        {"epoch": e["epoch"], "step": e["step"], **{n[len(prefix) :]: v for n, v in e.items() if n.startswith(prefix)}}
+        for e in epochs
+    ]
+
+
+def train(
+    run_dirs: list[RunDir], wandb_mode: str = "offline", project: str = "resattn", entity: str | None = None
+) -> list[RunResult | None]:
+    """Train the runs of ``run_dirs`` (one, or the seeds of a pack), resuming from the checkpoint of
+    the run (or of the pack) if there is one, and write each run's result.
+
+    A pack is the seeds of one variant as one vectorised model (:mod:`resattn.packing`); its
+    checkpoint, progress and log are in its own folder (:func:`pack_dir`), and each member's
+    result, masks, test and probe are its own, from its own weights.
 
     Raises:
         Interrupted: stopped by SIGTERM / Ctrl-C (a checkpoint was saved).
         CheckpointError: a checkpoint could not be written (disk full, ...).
     """
-    spec = run_dir.read_spec()
-    step = resume_checkpoint(run_dir.checkpoint)
-    ckpt_path = run_dir.checkpoint if step is not None else None
+    specs = [rd.read_spec() for rd in run_dirs]
+    packed = len(run_dirs) > 1
+    folder = pack_dir(run_dirs) if packed else run_dirs[0]
+    step = resume_checkpoint(folder.checkpoint)
+    ckpt_path = folder.checkpoint if step is not None else None
     timer = Timer(duration=None)
-    history = RunHistory(timer)
-    checkpoint = ResumeCheckpoint(run_dir.checkpoint, history)
-    callbacks = [StudyProgress(run_dir.progress), history, timer, DivergenceGuard(), checkpoint]
-    cli = build_run(["--config", str(run_dir.config)], callbacks=callbacks)
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    loggers = [CSVLogger(str(run_dir.path), name=run_dir.csv.name)]  # version_0, _1, ...: a segment each
-    wandb_run, wandb_info = None, {"mode": wandb_mode}
+    history, guard = RunHistory(timer), DivergenceGuard()
+    checkpoint = ResumeCheckpoint(folder.checkpoint, history)
+    callbacks = [StudyProgress(folder.progress), history, timer, guard, checkpoint]
+    # Each member is built as a run alone is (seeded by its seed, so initialised as it would be);
+    # the first member's Trainer, with the study callbacks, trains the run or the pack.
+    clis = [
+        build_run(["--config", str(rd.config)], **({"callbacks": callbacks} if i == 0 else {}))
+        for i, rd in enumerate(run_dirs)
+    ]
+    trainer = clis[0].trainer
+    if packed:
+        model, data = PackedClassifier([c.model for c in clis]), PackedData([c.datamodule for c in clis])
+    else:
+        model, data = clis[0].model, clis[0].datamodule
+    loggers = [CSVLogger(str(folder.path), name=folder.csv.name)]  # version_0, _1, ...: a segment each
+    wandb_sessions = [(None, {"mode": wandb_mode}) for _ in run_dirs]
     if wandb_mode != "disabled" and rank_zero_only.rank == 0:
-        try:
-            loggers.append(
-                wandb_runs.run_logger(spec, run_dir, wandb_mode, project, entity, resume=ckpt_path is not None)
-            )
-            wandb_run = loggers[-1].experiment
-            wandb_info.update(wandb_runs.run_info(wandb_run))
-        except Exception as err:  # W&B must never cost a result: the local logs carry on
-            print(f"W&B failed to start ({type(err).__name__}: {err}); continuing with local logs.", flush=True)
-            wandb_info["error"] = f"{type(err).__name__}: {err}"
+        for k, (spec, rd) in enumerate(zip(specs, run_dirs)):
+            try:
+                logger = wandb_runs.run_logger(
+                    spec, rd, wandb_mode, project, entity, ckpt_path is not None, PREFIX.format(k) if packed else None
+                )
+                loggers.append(logger)
+                wandb_sessions[k] = (logger.experiment, {"mode": wandb_mode, **wandb_runs.run_info(logger.experiment)})
+            except Exception as err:  # W&B must never cost a result: the local logs carry on
+                print(f"W&B failed to start ({type(err).__name__}: {err}); continuing with local logs.", flush=True)
+                wandb_sessions[k] = (None, {"mode": wandb_mode, "error": f"{type(err).__name__}: {err}"})
     trainer.loggers = loggers
     if ckpt_path is not None:
         history.resuming = {"from_step": step, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -135,19 +165,64 @@ def train(run_dir: RunDir, wandb_mode: str = "offline", project: str = "resattn"
             warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
             trainer.fit(model, data, ckpt_path=ckpt_path, weights_only=False)
     except SIGTERMException as stop:
-        if wandb_run is not None:  # this segment ends here; the next one continues the W&B run
-            wandb_runs.end_segment(wandb_run, EXIT_INTERRUPTED)
+        for run, _ in wandb_sessions:
+            if run is not None:  # this segment ends here; the next one continues the W&B run
+                wandb_runs.end_segment(run, EXIT_INTERRUPTED)
         raise Interrupted(checkpoint.saved_on_stop) from stop
-    except Diverged as err:
-        return write_result(spec, run_dir, trainer, data, model, history, wandb_run, wandb_info, diverged=err)
-    return write_result(spec, run_dir, trainer, data, model, history, wandb_run, wandb_info)
+    except Diverged:
+        pass  # every member diverged: the guard holds where
+    pack = (
+        {
+            "id": folder.name,
+            "runs": [rd.name for rd in run_dirs],
+            "seeds": [s.seed for s in specs],
+            "images_per_s": (history.images_per_second or 0) * len(run_dirs),
+        }
+        if packed
+        else None
+    )
+    results = []
+    for k, (spec, rd, cli) in enumerate(zip(specs, run_dirs, clis)):
+        if packed:  # the member's own weights, as a plain network, for its test, probe and masks
+            cli.model.net.load_state_dict(model.net.member_state(k))
+            if k > 0:
+                cli.trainer.loggers = []  # its metrics went to its W&B run with the pack's
+        epochs = member_epochs(history.epochs, k) if packed else history.epochs
+        run, info = wandb_sessions[k]
+        results.append(
+            write_result(
+                spec,
+                rd,
+                cli.trainer,
+                cli.datamodule,
+                cli.model,
+                history,
+                epochs,
+                run,
+                info,
+                guard.diverged.get(k),
+                pack,
+            )
+        )
+    return results
 
 
 def write_result(
-    spec: RunSpec, run_dir: RunDir, trainer, data, model, history, wandb_run, wandb_info, diverged=None
+    spec: RunSpec,
+    run_dir: RunDir,
+    trainer,
+    data,
+    model,
+    history: RunHistory,
+    epochs: list[dict],
+    wandb_run,
+    wandb_info: dict,
+    diverged: tuple[int, int, float] | None = None,
+    pack: dict | None = None,
 ) -> RunResult | None:
     """Test the final weights (and probe them, on the test split), store the masks, write
-    ``result.json`` (rank zero only), finish W&B. A diverged run is neither tested nor probed."""
+    ``result.json`` (rank zero only), finish W&B. A diverged run (``diverged``: its step, epoch
+    and loss) is neither tested nor probed."""
     test, images, masks, probe = {}, None, {}, {}
     if diverged is None:
         test = {k: float(v) for k, v in trainer.test(model, data, verbose=False)[0].items()}
@@ -174,7 +249,7 @@ def write_result(
         params=cost["params"],
         macs=cost["macs"],
         flops=cost["flops"],
-        epochs=history.epochs,
+        epochs=epochs,
         resumes=history.resumes,
         test=test,
         test_error=100 * test["test/err1"] if test else None,
@@ -182,9 +257,8 @@ def write_result(
         probe_split="test" if probe else None,
         noise_rate=data.noise_rate,
         wandb=wandb_info,
-        diverged=None
-        if diverged is None
-        else Divergence(step=diverged.step, epoch=diverged.epoch, loss=str(diverged.loss)),
+        diverged=None if diverged is None else Divergence(step=diverged[0], epoch=diverged[1], loss=str(diverged[2])),
+        pack=pack,
     )
     run_dir.write_result(result)
     if wandb_run is not None:
@@ -209,14 +283,13 @@ def watch_parent(expected: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=RunDir)
+    parser.add_argument("run_dirs", type=RunDir, nargs="+", metavar="RUN_DIR", help="one run, or the runs of a pack")
     parser.add_argument("--wandb", choices=wandb_runs.WANDB_MODES, default="offline")
     parser.add_argument("--project", default="resattn")
     parser.add_argument("--entity", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--parent-pid", type=int, default=None, help="stop (with a checkpoint) when it dies")
     args = parser.parse_args(argv)
-    run_dir: RunDir = args.run_dir
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -228,15 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     rank = rank_zero_only.rank  # from the environment: > 0 in processes Lightning starts for DDP
     watch_parent(args.parent_pid if rank == 0 else None)
-    lock = RunLock(run_dir)
-    if rank == 0 and not lock.acquire(timeout=1.0):  # a runner's lock probe holds it for an instant
-        print(f"{run_dir} is being trained by {lock.holder()}; not training it twice.", flush=True)
-        return EXIT_BUSY
+    locks, todo = [], []
     try:
-        if rank == 0 and run_dir.read_result() is not None:
-            print(f"{run_dir} already has a result (written by another runner).", flush=True)
+        for run_dir in args.run_dirs:  # a pack trains the members that no other process holds or finished
+            lock = RunLock(run_dir)
+            if rank == 0 and not lock.acquire(timeout=1.0):  # a runner's lock probe holds it for an instant
+                print(f"{run_dir} is being trained by {lock.holder()}; not training it twice.", flush=True)
+                continue
+            locks.append(lock)
+            if rank == 0 and run_dir.read_result() is not None:
+                print(f"{run_dir} already has a result (written by another runner).", flush=True)
+                continue
+            todo.append(run_dir)
+        if not todo:
             return EXIT_BUSY
-        result = train(run_dir, args.wandb, args.project, args.entity)
+        results = train(todo, args.wandb, args.project, args.entity)
     except StoreError as err:
         print(f"error: {err}", flush=True)
         return EXIT_BAD_INPUT
@@ -248,9 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", flush=True)
         return EXIT_NO_CHECKPOINT
     finally:
-        lock.release()
-    if result is not None and result.status == "diverged":
-        print(f"Diverged: {result.diverged}", flush=True)
+        for lock in locks:
+            lock.release()
+    for result in results:
+        if result is not None and result.status == "diverged":
+            print(f"Diverged: {result.run_id}: {result.diverged}", flush=True)
     return 0
 
 

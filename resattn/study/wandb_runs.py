@@ -44,20 +44,30 @@ def decide_mode(requested: str | None) -> str:
     return mode
 
 
-def run_logger(spec: RunSpec, run_dir: RunDir, mode: str, project: str, entity: str | None, resume: bool):
+def run_logger(
+    spec: RunSpec, run_dir: RunDir, mode: str, project: str, entity: str | None, resume: bool, prefix: str | None = None
+):
     """A WandbLogger for one training run, started now so that a failure is seen here, not mid-training.
 
     A run resumed from its checkpoint continues its W&B run (same id, ``resume="allow"``); a run
     that starts from scratch gets a new W&B run whose config names the ids of abandoned earlier
-    attempts. The ids live in ``wandb.json``.
+    attempts. The ids live in ``wandb.json``. In a pack every member has its own W&B run in the
+    one process (``reinit="create_new"``), which logs only the metrics named ``prefix...`` (the
+    member's), without the prefix.
     """
     from lightning.pytorch.loggers import WandbLogger
+
+    class MemberLogger(WandbLogger):
+        def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+            own = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+            if own:
+                super().log_metrics(own, step)
 
     ids = json.loads(run_dir.wandb_ids.read_text()) if run_dir.wandb_ids.is_file() else {}
     if not resume and ids.get("id"):
         ids = {"abandoned": [*ids.get("abandoned", []), ids["id"]]}
     extra = {"id": ids["id"], "resume": "allow"} if ids.get("id") else {}
-    logger = WandbLogger(
+    logger = (WandbLogger if prefix is None else MemberLogger)(
         project=project,
         entity=entity,
         group=spec.study,
@@ -67,6 +77,7 @@ def run_logger(spec: RunSpec, run_dir: RunDir, mode: str, project: str, entity: 
         config={**spec.dump(), "abandoned_wandb_runs": ids.get("abandoned", [])},
         mode=mode,
         save_dir=str(run_dir.path),
+        reinit="create_new",
         **extra,
     )
     experiment = logger.experiment
@@ -97,7 +108,7 @@ def finish_run(wandb_run, result: RunResult, images, masks: dict, run_dir: RunDi
     summary.update({f"probe/{k}": v for k, v in result.probe.items()})  # the final weights' probe
     if result.diverged is not None:
         summary.update({f"diverged/{k}": v for k, v in result.diverged.model_dump().items()})
-    wandb_run.summary.update(summary)
+    wandb_run.summary.update({**summary, **result.test})
     if images is not None:
         wandb_run.log(
             {
