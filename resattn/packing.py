@@ -56,12 +56,11 @@ class PackedNetwork(nn.Module):
         state = {**dict(zip(self._param_names, params)), **dict(zip(self._buffer_names, buffers))}
         return functional_call(self._template, state, (x,))
 
-    def train(self, mode: bool = True) -> PackedNetwork:
-        super().train(mode)
-        self._template.train(mode)  # BatchNorm: batch statistics (and running updates) or the running ones
-        return self
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # BatchNorm: batch statistics (and running updates) or the running ones. Read here, not set in
+        # train(): Lightning restores a module's mode by setting ``training``, without calling train().
+        if self._template.training != self.training:
+            self._template.train(self.training)
         return torch.vmap(self._one, randomness="error")(tuple(self.stacked), tuple(self.stacked_buffers()), x)
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:

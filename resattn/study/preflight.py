@@ -57,21 +57,6 @@ def default_precision(runs: list[RunSpec]) -> str:
     return "bf16-mixed" if cuda else "32-true"
 
 
-def default_pack(runs: list[RunSpec]) -> int:
-    """How many seeds of a variant train in one process when ``--pack`` is not given: 1 on a CPU,
-    where packing was measured to lose throughput (README, Performance: the grouped convolutions
-    of a pack are slower there than the plain ones, and a CPU step is bound by arithmetic, not by
-    launches); on a CUDA GPU, where a batch-64 step is bound by kernel launches, every seed of a
-    variant, up to 8 (not yet measured on a GPU by this project)."""
-    import torch
-
-    accelerators = {str(r.config["trainer"]["accelerator"]) for r in runs}
-    if not (torch.cuda.is_available() and accelerators <= {"auto", "gpu", "cuda"}):
-        return 1
-    seeds = max((sum(r.variant == v for r in runs) for v in {r.variant for r in runs}), default=1)
-    return max(1, min(8, seeds))
-
-
 def _classes() -> dict:
     import lightning as L
 
@@ -117,6 +102,18 @@ class Built:
 
     cli: object
     cost: dict
+
+
+def default_pack(runs: list[RunSpec], built: dict[str, Built]) -> int:
+    """How many seeds of a variant train in one process when ``--pack`` is not given: 1 on a CPU,
+    where packing was measured to lose throughput (README, Performance: the grouped convolutions
+    of a pack are slower there than the plain ones, and a CPU step is bound by arithmetic, not by
+    launches); on a CUDA GPU, where a batch-64 step is bound by kernel launches, every seed of a
+    variant, up to 8 (not yet measured on a GPU by this project)."""
+    if not all(b.cli.trainer.strategy.root_device.type == "cuda" for b in built.values()):
+        return 1
+    seeds = max((sum(r.variant == v for r in runs) for v in {r.variant for r in runs}), default=1)
+    return max(1, min(8, seeds))
 
 
 def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:

@@ -288,7 +288,7 @@ def run_study(
 
     precision = preflight.default_precision(expand(study, prof, seeds, overrides))
     runs, built = preflight.resolve(expand(study, prof, seeds, overrides, defaults={"trainer.precision": precision}))
-    size = pack or preflight.default_pack(runs)
+    size = pack or preflight.default_pack(runs, built)
     if size > 1 and any(b.cli.trainer.num_devices > 1 or b.cli.trainer.num_nodes > 1 for b in built.values()):
         raise ValueError(f"--pack {size}: a pack trains on one device; with trainer.devices > 1 use --pack 1.")
     dirs = {r.run_id: RunDir.of(runs_dir, r) for r in runs}
