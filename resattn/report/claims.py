@@ -237,17 +237,19 @@ def _num(value, digits: int = 2, signed: bool = True) -> str:
 
 
 def _evidence(row) -> str:
-    if row["verdict"] == NOT_RUN and (not isinstance(row["evidence"], str)):
-        return "—"
-    interval = "" if pd.isna(row["ci95_low"]) else f" [{_num(row['ci95_low'])}, {_num(row['ci95_high'])}]"
-    diverged = f", {int(row['diverged'])} diverged at chance error" if row["diverged"] else ""
+    """One piece of evidence in a ledger cell: value [95% CI], the paper's, seeds, verdict, seeds needed."""
+    signed, digits = row["kind"] != "response", 2 if row["kind"] != "response" else 3
+    interval = ""
+    if not pd.isna(row["ci95_low"]):
+        interval = f" [{_num(row['ci95_low'], digits, signed)}, {_num(row['ci95_high'], digits, signed)}]"
+    seeds = int(row["seeds"]) if not pd.isna(row["seeds"]) else 0
+    diverged = f", {int(row['diverged'])} diverged (at chance error)" if row["diverged"] else ""
     plan = ""
     if not pd.isna(row["seeds_for_paper"]):
-        plan = f"; paper's value needs {_num(row['seeds_for_paper'], 0, signed=False)} seeds"
-    seeds = int(row["seeds"]) if not pd.isna(row["seeds"]) else 0
+        plan = f"; the paper's value needs {_num(row['seeds_for_paper'], 0, signed=False)} seeds"
     return (
-        f"{row['evidence']}: {_num(row['value'])}{interval} (paper {_num(row['paper'])}; {seeds} seeds{diverged}"
-        f"{plan}): {row['verdict']}"
+        f"{row['evidence']}: {_num(row['value'], digits, signed)}{interval}, paper {_num(row['paper'], 2, signed)} "
+        f"({seeds} seed{'s' * (seeds != 1)}{diverged}): *{row['verdict']}*{plan}"
     )
 
 

@@ -235,13 +235,12 @@ def relative_response(
             key=lambda m: (int(m[1 : m.index("m")]), int(m[m.index("m") + 1 :])),
         )
         if modules:
-            fused, fhalf, n = _probe_curve(results, name, [f"{m}_fused_rel" for m in modules])
+            keys = [f"{m}_fused_rel" for m in modules]
+            values = np.array([[r.probe[k] for k in keys] for r in results if r.variant == name and keys[0] in r.probe])
             xs = np.arange(1, len(modules) + 1)
-            right.plot(xs, fused, marker="o", ms=3, **style, label=f"{name} (n={n})")
-            if n > 1:
-                right.fill_between(
-                    xs, np.clip(fused - fhalf, 1e-6, None), fused + fhalf, color=style["color"], alpha=0.15
-                )
+            right.plot(xs, values.mean(0), marker="o", ms=3, **style, label=f"{name} (n={len(values)})")
+            if len(values) > 1:  # on a log scale, the range over seeds (a t interval would cross zero)
+                right.fill_between(xs, values.min(0), values.max(0), color=style["color"], alpha=0.15)
             for j in range(1, len(modules)):  # stage boundaries
                 if modules[j][:2] != modules[j - 1][:2]:
                     right.axvline(j + 0.5, color="0.7", lw=0.8)
@@ -255,7 +254,7 @@ def relative_response(
     left.set_title("Per stage (Fig. 4): this study (o), the paper (x, dotted)", fontsize=10)
     left.grid(alpha=0.3)
     right.set_yscale("log")
-    right.set_xlabel("attention module, in network order (grey lines: stage boundaries)")
+    right.set_xlabel("attention module, in network order (grey lines: stage boundaries; bands: range over seeds)")
     right.set_ylabel("mean |H| after fusion / stage 1 output's")
     right.set_title("Per attention module: H = (1 + M)·T (ARL), M·T (NAL), T (no mask)", fontsize=10)
     right.grid(alpha=0.3, which="both")
