@@ -9,6 +9,7 @@ compilation) are excluded from every timing and reported separately.
 
     python benchmarks/throughput.py                       # Attention-56/164 at width 1.0 and 0.25
     python benchmarks/throughput.py --depth 92 --width 1.0 --steps 30 --device cuda --precision bf16-mixed
+    python benchmarks/throughput.py --packed 1 2 3 --width 0.25   # seed packing against separate runs
 """
 
 from __future__ import annotations
@@ -197,6 +198,96 @@ def run(args) -> list[dict]:
     return rows
 
 
+def packed_loop(nets, loaders, steps: int, warmup: int, device, precision, packed: bool) -> float:
+    """Images/s over all seeds of K networks trained in one process: one packed step on K batches
+    (``packed``), or the K networks' plain steps one after another (as K separate runs sharing the
+    device). Nesterov SGD as in the paper; warm-up excluded."""
+    from resattn.packing import PackedNetwork
+
+    models = [PackedNetwork(nets).to(device)] if packed else [n.to(device) for n in nets]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4) for m in models]
+    streams = [iter(_cycle(loader)) for loader in loaders]
+    start = time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        batch = [next(s) for s in streams]
+        if packed:
+            x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+            with autocast(device, precision):
+                logits = models[0](x)
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1).sum()
+            opts[0].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[0].step()
+        else:
+            for model, opt, (x, y) in zip(models, opts, batch):
+                with autocast(device, precision):
+                    loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    sync(device)
+    return steps * len(nets) * loaders[0].batch_size / (time.perf_counter() - start)
+
+
+def run_packed(args) -> list[dict]:
+    """Packed against separate, side by side in one run: for each network and K, the images/s over
+    all K seeds of one packed model and of K separate models stepping in turn (interleaved
+    repetitions, the best of each)."""
+    device = torch.device(args.device)
+    precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
+    print(
+        f"Machine: {describe_device(device)} (torch {torch.__version__}); batch {args.batch_size} per seed, best of "
+        f"{args.repeats} x {args.steps} timed steps after {args.warmup} warm-up steps, precision {precision}.\n"
+    )
+    rows = []
+    for depth in args.depth:
+        for width in args.width:
+            for k in args.packed:
+                loaders = [batches(args.batch_size * 8, args.batch_size, device) for _ in range(k)]
+                rates = {False: [], True: []}
+                memory = None
+                for _ in range(args.repeats):
+                    for packed in (False, True):
+                        torch.manual_seed(0)
+                        nets = [
+                            ResidualAttentionClassifier(depth=depth, width=width, probes=False).net for _ in range(k)
+                        ]
+                        if packed:
+                            nets = [n.to(memory_format=torch.contiguous_format) for n in nets]
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats(device)
+                        rates[packed].append(
+                            packed_loop(nets, loaders, args.steps, args.warmup, device, precision, packed)
+                        )
+                        if device.type == "cuda" and packed:
+                            memory = torch.cuda.max_memory_allocated(device) / 2**30
+                rows.append(
+                    dict(
+                        name=ModelConfig(depth=depth).name,
+                        width=width,
+                        k=k,
+                        separate=max(rates[False]),
+                        packed=max(rates[True]),
+                        memory=memory,
+                    )
+                )
+    print(
+        "| network | width | seeds K | K separate, img/s (all seeds) | packed, img/s (all seeds) | packed / separate "
+        "| peak memory (packed) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        memory = f"{r['memory']:.2f} GiB" if r["memory"] is not None else "—"
+        print(
+            f"| {r['name']} | {r['width']} | {r['k']} | {r['separate']:.1f} | {r['packed']:.1f} | "
+            f"{r['packed'] / r['separate']:.2f} | {memory} |"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, nargs="+", default=[56, 164])
@@ -217,7 +308,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data-images", type=int, default=50_000, help="images in the data-path benchmark")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning comparison")
-    return run(parser.parse_args(argv))
+    parser.add_argument(
+        "--packed",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="instead: seed packing against separate runs, for these pack sizes (e.g. 1 2 3)",
+    )
+    args = parser.parse_args(argv)
+    return run_packed(args) if args.packed else run(args)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def test_fit_cli_saves_the_resolved_config(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["predict"], ["invalid choice: 'predict'", "fit", "validate", "test"]),
+        (["predict"], ["resattn predict", "required: run, IMAGE"]),  # ours (trained models), not LightningCLI's
+        (["fit", "--help-me"], ["unrecognized arguments: --help-me"]),
         (["fit", "--optimizer", "Adam"], ["unrecognized arguments: --optimizer Adam"]),
         (["fit", "--model.family", "imagenet", "--model.depth", "128"], ["depth=128 has no imagenet layout", "56, 92"]),
         (["fit", "--trainer.accelerator", "gpu"], ["gpu"]),

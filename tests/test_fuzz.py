@@ -18,6 +18,7 @@ FLAGS = {  # flag -> (allowed values, forbidden values); None leaves the flag ou
     "--cpus-per-run": ([None, "1", "0.5"], ["0", "-1"]),
     "--gpus-per-run": ([None, "0"], ["-1"]),
     "--max-retries": ([None, "0", "2"], ["-1"]),
+    "--pack": ([None, "1", "2"], ["0", "65", "two"]),
     "--executor": ([None, "local", "slurm"], ["cloud"]),
     "--wandb": ([None, "disabled", "offline"], ["cloud"]),
     "--data_dir": ([None, "{tmp}/data"], ["{tmp}/runs/mask_structure/.hidden/x"]),
@@ -35,6 +36,8 @@ SETTINGS = (
         "data.eval_batch_size=7",
         "trainer.precision=bf16-true",
         "model.lr=0.05",
+        "model.attention_block=se",
+        "model.t=3",
     ],
     [
         "model.width=-1",
@@ -48,6 +51,7 @@ SETTINGS = (
         "data.label_noise=1.5",
         "model.widht=1",
         "colour=red",
+        "model.attention_block=transformer",
     ],
 )
 SWITCHES = ["--force", "--no-download"]

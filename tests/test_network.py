@@ -69,7 +69,7 @@ def test_no_module_is_used_twice_and_every_parameter_gets_a_gradient(learning, s
     for h in hooks:
         h.remove()
     assert max(v for k, v in calls.items() if k not in shared) == 1, "a module instance runs in two places"
-    assert all(calls[id(m)] == 1 for m in leaves if list(m.parameters())), "a layer never runs"
+    assert all(calls[id(m)] >= 1 for m in leaves if list(m.parameters())), "a layer never runs"
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"parameters without gradient: {missing[:5]}"
 

@@ -16,7 +16,7 @@ from resattn.commands import study_main
 from resattn.study.callbacks import CheckpointError, ensure_space
 from resattn.study.preflight import resolve
 from resattn.study.spec import expand, load_profile, load_study, parse_overrides
-from resattn.study.store import RunDir, is_locked, study_results
+from resattn.study.store import RunDir, is_locked, pack_dir, study_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # 3 epochs of 10 steps: long enough to interrupt mid-epoch, seconds per run.
@@ -185,18 +185,18 @@ def test_a_diverged_run_is_recorded_and_the_study_goes_on(tmp_path, capsys):
     assert study_main(args) == 0
     out = capsys.readouterr().out
     results = study_results(tmp_path / "runs", "mask_structure")
-    assert len(results) == 2 and {r.status for r in results} == {"diverged"}
+    assert len(results) == 3 and {r.status for r in results} == {"diverged"}
     for r in results:
         assert r.diverged.step >= 1 and r.diverged.loss in ("nan", "inf", "-inf")
         assert r.test_error is None
-    assert out.count("DIVERGED at step") == 2
+    assert out.count("DIVERGED at step") == 3
     report = next((tmp_path / "reports" / "mask_structure").iterdir())
-    assert "Diverged runs (2" in (report / "table.md").read_text()
+    assert "Diverged runs (3" in (report / "table.md").read_text()
     assert "1 (1 diverged)" in (report / "table.md").read_text()
-    assert pd.read_csv(report / "table.csv")["diverged"].tolist() == [1, 1]
+    assert pd.read_csv(report / "table.csv")["diverged"].tolist() == [1, 1, 1]
     # diverged runs count as done: the same command trains nothing
     assert study_main(args) == 0
-    assert "2 finished, 0 to train" in capsys.readouterr().out
+    assert "3 finished, 0 to train" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -266,3 +266,53 @@ def test_the_runner_says_when_it_sets_an_unreadable_checkpoint_aside(tmp_path, c
     out = capsys.readouterr().out
     assert f"warning: checkpoint {run_dir.checkpoint} is unreadable" in out and "from scratch" in out
     assert run_dir.read_result().resumes == []
+
+
+def _pack_dirs(tmp_path: Path, name: str) -> list[Path]:
+    """The two seeds of the hourglass variant, written as runs of a pack."""
+    runs = resolve(
+        expand(
+            load_study("mask_structure"),
+            load_profile("smoke"),
+            2,
+            parse_overrides(SHORT),
+            defaults={"trainer.precision": "32-true"},
+        )
+    )[0]
+    dirs = []
+    for run in (r for r in runs if r.variant == "hourglass"):
+        run_dir = RunDir.of(tmp_path / name, run)
+        run_dir.write_spec(run)
+        dirs.append(run_dir.path)
+    return dirs
+
+
+def _pack_worker(dirs: list[Path]) -> subprocess.Popen:
+    folder = pack_dir([RunDir(d) for d in dirs]).path
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "resattn.study.train", *map(str, dirs), "--wandb", "offline"]
+    return subprocess.Popen(cmd, stdout=open(folder / "train.log", "a"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_an_interrupted_pack_resumes_as_a_pack_to_the_results_of_an_uninterrupted_one(tmp_path):
+    reference = _pack_dirs(tmp_path, "reference")
+    assert _pack_worker(reference).wait(timeout=300) == 0
+    dirs = _pack_dirs(tmp_path, "interrupted")
+    folder = pack_dir([RunDir(d) for d in dirs]).path
+    proc = _pack_worker(dirs)
+    _wait_for_step(folder, 15, proc)  # the pack's progress: mid-epoch 2
+    assert all(is_locked(RunDir(d)) for d in dirs)  # the pack holds the lock of each of its runs
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert (folder / "checkpoints" / "last.ckpt").is_file()
+    assert not any((d / "result.json").exists() or is_locked(RunDir(d)) for d in dirs)
+    assert _pack_worker(dirs).wait(timeout=300) == 0
+    for ref, run in zip(reference, dirs):
+        a, b = _result(ref), _result(run)
+        assert [r["from_step"] for r in b["resumes"]] == [16] and a["resumes"] == []
+        assert b["epochs"] == a["epochs"] and b["test"] == a["test"] and b["probe"] == a["probe"]
+        assert b["pack"]["runs"] == [d.name for d in dirs] and b["seed"] == a["seed"]
+        ids = json.loads((run / "wandb.json").read_text())  # each seed its own W&B run, continued
+        assert b["wandb"]["id"] == ids["id"] and len(ids["segments"]) == 2
+    assert _result(dirs[0])["test"] != _result(dirs[1])["test"]  # two seeds, two networks
