@@ -237,9 +237,9 @@ def test_gate_block_networks_cost_what_their_blocks_add(name):
     from resattn.network import CIFAR_WIDTHS
     from resattn.summary import model_cost
 
-    base = model_cost(build_model(ModelConfig(depth=92, attention_learning="none")))
-    gated = model_cost(build_model(ModelConfig(depth=92, attention_block=name)))
+    base = model_cost(build_model(ModelConfig(depth=56, attention_learning="none")))
+    gated = model_cost(build_model(ModelConfig(depth=56, attention_block=name)))
     per_stage = [_gate_cost(name, c, size * size) for c, size in zip(CIFAR_WIDTHS, (32, 16, 8))]
-    assert gated["params"] - base["params"] == 2 * sum(p for p, _ in per_stage)  # 2 modules per stage
-    assert gated["macs"] - base["macs"] == 2 * sum(m for _, m in per_stage)
+    assert gated["params"] - base["params"] == sum(p for p, _ in per_stage)  # 1 module per stage
+    assert gated["macs"] - base["macs"] == sum(m for _, m in per_stage)
     assert gated["macs"] < 1.05 * base["macs"]  # cheap: within 5% of the plain trunk

@@ -45,9 +45,22 @@ def test_odd_input_size():
     assert net(torch.randn(2, 3, 37, 29)).shape == (2, 10)
 
 
+ALL = [(*s, "soft_mask") for s in SWITCHES] + [(lr, "hourglass", "mixed", b) for lr in ("arl", "nal") for b in GATES]
+# every value of every switch at least once in the fast tier; the whole product in the slow one
+CORE = {
+    ("arl", "hourglass", "mixed", "soft_mask"),
+    ("nal", "local_conv", "channel", "soft_mask"),
+    ("none", "hourglass", "mixed", "soft_mask"),
+    ("arl", "local_conv_matched", "spatial", "soft_mask"),
+    ("arl", "hourglass", "mixed", "se"),
+    ("nal", "hourglass", "mixed", "cbam"),
+    ("arl", "hourglass", "mixed", "eca"),
+}
+
+
 @pytest.mark.parametrize(
     "learning, structure, norm, block",
-    [(*s, "soft_mask") for s in SWITCHES] + [(lr, "hourglass", "mixed", b) for lr in ("arl", "nal") for b in GATES],
+    [c if c in CORE else pytest.param(*c, marks=pytest.mark.slow) for c in ALL],
 )
 def test_no_module_is_used_twice_and_every_parameter_gets_a_gradient(learning, structure, norm, block):
     net = build_model(
