@@ -114,7 +114,7 @@ def test_runner_killed_with_sigkill_continues_and_writes_each_result_once(tmp_pa
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     results = {p.parent.name: _result(p.parent) for p in study.glob("*/result.json")}
-    assert len(results) == 4 and all(r["status"] == "finished" for r in results.values())
+    assert len(results) == 6 and all(r["status"] == "finished" for r in results.values())
     assert not list(study.rglob("*.tmp*")), "a temporary file was left behind"
     for name, mtime in finished_before.items():  # finished runs were not trained again
         assert (study / name / "result.json").stat().st_mtime == mtime
@@ -122,7 +122,7 @@ def test_runner_killed_with_sigkill_continues_and_writes_each_result_once(tmp_pa
     assert f"{in_flight.name} started" in second.stdout
     assert len(list((study / in_flight.name / "csv").glob("version_*"))) == 2  # two segments, no more
     table = pd.read_csv(next((tmp_path / "reports" / "mask_structure").iterdir()) / "table.csv")
-    assert table["seeds"].tolist() == [2, 2]
+    assert table["seeds"].tolist() == [2, 2, 2]
 
 
 @pytest.mark.slow
@@ -141,12 +141,12 @@ def test_ctrl_c_stops_the_runner_with_checkpoints_and_the_same_command_continues
     out = runner.communicate(timeout=120)[0]
     assert runner.returncode == 130, out
     assert "SIGINT: asking the runs in flight to save a checkpoint" in out
-    assert out.count("stopped; its checkpoint is kept") == 1 and out.count(" not started") == 1  # 1 of 2 ran
+    assert out.count("stopped; its checkpoint is kept") == 1 and out.count(" not started") == 2  # 1 of 3 ran
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "result.json").exists()
     assert not is_locked(RunDir(run_dir))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "2 to train (1 from a checkpoint)" in again.stdout
+    assert "3 to train (1 from a checkpoint)" in again.stdout
     assert _result(run_dir)["resumes"][0]["from_step"] >= 12
 
 
@@ -158,13 +158,13 @@ def test_two_runners_at_once_train_every_run_exactly_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     study = tmp_path / "runs" / "mask_structure"
     runs = [d for d in study.iterdir() if d.is_dir() and not d.name.startswith("_")]
-    assert len(runs) == 4 and all(_result(d)["status"] == "finished" for d in runs)
+    assert len(runs) == 6 and all(_result(d)["status"] == "finished" for d in runs)
     for d in runs:  # one training segment each: nobody trained a run the other one had
         assert len(list((d / "csv").glob("version_*"))) == 1, d.name
         assert _result(d)["resumes"] == []
-    assert sum(o.count(" started") for o in outs) >= 4
+    assert sum(o.count(" started") for o in outs) >= 6
     # each run is announced as finished once, by the runner that trained it; never by the other one
-    assert sum(o.count("finished: test error") for o in outs) == 4
+    assert sum(o.count("finished: test error") for o in outs) == 6
 
 
 @pytest.mark.slow

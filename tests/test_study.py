@@ -66,7 +66,7 @@ def test_arl_vs_nal_runs_end_to_end_in_the_smoke_profile(tmp_path, capsys):
     code, out = _study(tmp_path, capsys, "ARL_vs_NAL")
     assert code == 0, out
     results = _results(tmp_path, "ARL_vs_NAL")
-    assert len(results) == 8
+    assert len(results) == 9
     report = tmp_path / "reports" / "ARL_vs_NAL" / "smoke"
     table = pd.read_csv(report / "table.csv").set_index("variant")
     for r in results.values():
@@ -83,7 +83,7 @@ def test_a_study_skips_finished_runs_logs_to_wandb_and_keeps_its_ids_across_data
     code, out = _study(tmp_path, capsys, "mask_structure", "--seeds", "2")
     assert code == 0, out
     results = _results(tmp_path)
-    assert len(results) == 4
+    assert len(results) == 6
 
     # a real offline W&B run per training run, holding the metrics
     run = next(iter(results.values()))
@@ -113,7 +113,7 @@ def test_a_study_skips_finished_runs_logs_to_wandb_and_keeps_its_ids_across_data
         ["--set", "data.eval_batch_size=7"],
     ):
         code, out = _study(tmp_path, capsys, "mask_structure", "--seeds", "2", *extra)
-        assert code == 0 and "4 finished, 0 to train" in out and "started" not in out, (extra, out)
+        assert code == 0 and "6 finished, 0 to train" in out and "started" not in out, (extra, out)
     assert mtimes == {k: RunDir.of(tmp_path / "runs", r).result.stat().st_mtime for k, r in results.items()}
     assert sorted(p.name for p in (tmp_path / "reports" / "mask_structure").iterdir()) == ["smoke"]
     # one W&B report run per configuration, updated by every invocation (5 so far), never duplicated
@@ -123,13 +123,13 @@ def test_a_study_skips_finished_runs_logs_to_wandb_and_keeps_its_ids_across_data
     capsys.readouterr()
     assert report_main(["mask_structure", "--wandb-dirs", "--runs-dir", str(tmp_path / "runs")]) == 0
     dirs = capsys.readouterr().out.split()
-    assert len(dirs) == 4 and all(list(Path(d).glob("run-*.wandb")) for d in dirs)  # the training runs only
+    assert len(dirs) == 6 and all(list(Path(d).glob("run-*.wandb")) for d in dirs)  # the training runs only
 
     # deleting one result retrains that run only
     victim = sorted(results)[1]
     RunDir.of(tmp_path / "runs", results[victim]).result.unlink()
     code, out = _study(tmp_path, capsys, "mask_structure", "--seeds", "2")
-    assert code == 0 and "3 finished, 1 to train" in out
+    assert code == 0 and "5 finished, 1 to train" in out
     assert out.count(" started") == 1 and f"{victim} started" in out
 
     # the report regenerates from the run store alone, identically
