@@ -203,7 +203,10 @@ class ResponseProbe(Metric):
 
 @torch.no_grad()
 def mask_outputs(net: ResidualAttentionNetwork, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each soft mask's output M for the batch ``x`` (eval mode): name -> (N, C, H, W), float, on the CPU."""
+    """Each soft mask's output M for the batch ``x`` (eval mode): name -> (N, C, H, W), float, on the CPU.
+    ``x`` is moved to the network's device and parameter dtype (a ``64-true`` run holds float64 weights)."""
+    weight = next(net.parameters())
+    x = x.to(weight.device, weight.dtype)
     maps, handles = {}, []
     for name, mask in mask_names(net).items():
         handles.append(mask.register_forward_hook(lambda m, i, o, name=name: maps.__setitem__(name, o)))

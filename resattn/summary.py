@@ -19,8 +19,9 @@ def model_cost(net: ResidualAttentionNetwork) -> dict:
     counter = FlopCounterMode(display=False)
     was_training = net.training
     net.eval()
+    weight = next(net.parameters())
     with counter, torch.no_grad():
-        net(torch.zeros(1, 3, size, size, device=next(net.parameters()).device))
+        net(torch.zeros(1, 3, size, size, device=weight.device, dtype=weight.dtype))
     net.train(was_training)
     flops = counter.get_total_flops()
     return {

@@ -2,7 +2,17 @@ import pytest
 import torch
 
 from resattn import ModelConfig, build_model
-from resattn.probes import BINS, QUANTILES, ResponseProbe, histogram_quantiles, mask_names, module_names, quantile_key
+from resattn.probes import (
+    BINS,
+    QUANTILES,
+    ResponseProbe,
+    histogram_quantiles,
+    mask_maps,
+    mask_names,
+    module_names,
+    quantile_key,
+)
+from resattn.summary import model_cost
 
 
 @pytest.mark.parametrize(
@@ -124,4 +134,17 @@ def test_probe_reset_clears_the_sums_and_attach_rebinds():
     assert probe.mask_sums.shape == (0, 3) and sorted(result) == sorted(
         [f"stage{i}_{k}" for i in (1, 2, 3) for k in ("mean_abs", "rel")]
         + [f"s{i}m1_fused_{k}" for i in (1, 2, 3) for k in ("abs", "rel")]
+    )
+
+
+def test_masks_and_cost_of_a_float64_network():
+    """A ``64-true`` run's network holds float64 weights: its stored masks (from float images) and its
+    cost are computed as for a float32 one."""
+    net = build_model(ModelConfig(depth=56, width=0.125))
+    cost = model_cost(net)
+    net.double()
+    assert model_cost(net) == cost
+    maps = mask_maps(net, torch.rand(2, 3, 32, 32))
+    assert set(maps) == set(mask_names(net)) and all(
+        m.shape[0] == 2 and m.dtype == torch.float32 for m in maps.values()
     )
