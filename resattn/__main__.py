@@ -12,8 +12,13 @@
 import sys
 
 
-def main(argv: list[str] | None = None) -> int | None:
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str] | None = None) -> int:
+    from resattn.entry import run
+
+    return run(_dispatch, sys.argv[1:] if argv is None else argv)
+
+
+def _dispatch(argv: list[str]) -> int | None:
     command, rest = (argv[0], argv[1:]) if argv else (None, [])
     if command in (None, "-h", "--help"):
         print(__doc__.replace("``", "`").strip() + "\n\nEach command takes --help.")

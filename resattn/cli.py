@@ -7,6 +7,7 @@ writes (``RunDir.config``), so ``python -m resattn fit --config runs/<study>/<ru
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,14 @@ class ResAttnCLI(LightningCLI):
     def before_test(self) -> None:
         self._start()
 
+    def parse_arguments(self, parser, args) -> None:
+        """As LightningCLI's, without its warning that ``args`` and ``sys.argv`` are both given: both
+        callers give ``args`` on purpose (``python -m resattn fit``, whose ``sys.argv`` also holds the
+        command; a study worker, whose ``sys.argv`` holds its run folders)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
@@ -64,6 +73,7 @@ def cli_main(args: list[str] | None = None) -> ResAttnCLI:
             ResidualAttentionClassifier,
             CIFARDataModule,
             args=args,
+            parser_kwargs={"prog": "python -m resattn"},
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"num_sanity_val_steps": 0},
             auto_configure_optimizers=False,

@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from resattn.entry import OneLineParser
 from resattn.study.executors import EXECUTORS
 from resattn.study.preflight import check_folder
-from resattn.study.spec import available_studies, load_study, parse_overrides, parse_pairs
+from resattn.study.spec import available_studies, load_study, parse_overrides, parse_pairs, profile_names
 from resattn.study.store import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -28,7 +29,7 @@ from resattn.study.wandb_runs import WANDB_MODES
 
 RUN_EXAMPLES = """examples:
   python studies/run.py ARL_vs_NAL --profile smoke                  # seconds per run, synthetic data
-  python studies/run.py ARL_vs_NAL --data_dir ../shared/data/cifar10-exact --jobs 2   # the quick profile
+  python studies/run.py ARL_vs_NAL --data_dir path/to/cifar --jobs 2  # the quick profile, on your CIFAR folder
   python studies/run.py noisy_labels --profile paper --data_dir data --seeds 5   # downloads CIFAR if missing
   python studies/run.py my_study.yaml --profile smoke               # a study YAML of your own
   python studies/run.py --list                                      # the studies and their finished runs
@@ -40,6 +41,9 @@ exit codes: 0 done; 1 some runs failed (run again to retry them); 2 bad input (n
 
 
 def _list_studies(runs_dir: Path) -> int:
+    if runs_dir.exists() and not runs_dir.is_dir():
+        print(f"error: --runs-dir {runs_dir} is a file, not a directory.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"{'study':<18} {'paper':<24} finished runs (in {runs_dir})")
     for name in available_studies():
         study = load_study(name)
@@ -52,7 +56,7 @@ def _list_studies(runs_dir: Path) -> int:
 
 
 def study_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="resattn study",
         description="Train every variant x seed of a study (ablations/<study>.yaml), log each run to W&B, and "
         "write reports/<study>/<configuration>/.",
@@ -64,7 +68,9 @@ def study_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--list", action="store_true", help="list the studies, their paper tables and finished runs")
     parser.add_argument(
-        "--profile", default="quick", help="smoke, quick (the default) or paper: ablations/profiles.yaml"
+        "--profile",
+        default="quick",
+        help=f"one of {', '.join(profile_names())} (ablations/profiles.yaml); default: %(default)s",
     )
     parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the profile's)")
     parser.add_argument("--data_dir", default=None, help="CIFAR folder (shortcut for --set data.data_dir=...)")
@@ -259,7 +265,7 @@ def write_reports(
 
 def report_main(argv: list[str] | None = None) -> int:
     """``resattn report``: rebuild reports/<study>/<configuration>/ from the run store (or W&B)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="resattn report",
         description="Rebuild reports/<study>/<configuration>/ (tables and plots) from the stored results of every "
         "configuration of a study, whatever command ran last; or from a W&B project.",
@@ -306,6 +312,8 @@ def report_main(argv: list[str] | None = None) -> int:
         return _write_ledger(args.reports_dir)
     try:
         study = load_study(args.study)
+        if args.runs_dir.exists() and not args.runs_dir.is_dir():
+            raise ValueError(f"--runs-dir {args.runs_dir} is a file, not a directory.")
         if args.wandb_dirs:
             from resattn.study.store import study_runs
             from resattn.study.wandb_runs import sync_dirs

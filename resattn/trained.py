@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from resattn.config import ModelConfig
+from resattn.entry import OneLineParser
 from resattn.network import ResidualAttentionNetwork, build_model
 from resattn.study.store import EXIT_BAD_INPUT, RunDir, StoreError, atomic_path
 
@@ -54,15 +56,28 @@ class TrainedModel:
     mean: torch.Tensor | None
     card: dict = field(default_factory=dict)
 
-    def preprocess(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (3, H, W) images of any size -> (the resized uint8 images, the network's input batch).
+    def preprocess(self, images: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 RGB (3, H, W) images of any size (a list, or one image) -> (the resized uint8 images,
+        the network's input batch).
 
         CIFAR networks: resized to 32x32 (antialiased), centred with the training mean, in 1/255
         units as in training. ImageNet networks: resized to 256, centre crop 224, ImageNet mean/std.
+
+        Raises:
+            ValueError: an image that is not a uint8 (3, H, W) tensor, named by its place and shape.
         """
         from torchvision.transforms.v2 import functional as TF
 
         from resattn.data import normalize
+
+        images = [images] if isinstance(images, torch.Tensor) and images.dim() == 3 else list(images)
+        for i, im in enumerate(images):
+            if not isinstance(im, torch.Tensor) or im.dim() != 3 or im.shape[0] != 3 or im.dtype != torch.uint8:
+                what = f"{im.dtype} {tuple(im.shape)}" if isinstance(im, torch.Tensor) else type(im).__name__
+                raise ValueError(
+                    f"image {i}: expected a uint8 RGB tensor of shape (3, H, W), got {what}; read images with "
+                    "torchvision.io.decode_image(path, mode=ImageReadMode.RGB)."
+                )
 
         if self.config.family == "cifar":
             shown = torch.stack([TF.resize(im, [CIFAR_SIZE, CIFAR_SIZE], antialias=True) for im in images])
@@ -226,6 +241,9 @@ def export(model: TrainedModel, out: Path) -> list[Path]:
     weights, config, card = out / WEIGHTS, out / CONFIG, out / CARD
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # safetensors writes 0600; the export is shared like its other files
     with atomic_path(config) as tmp:
         tmp.write_text(json.dumps(info, indent=2))
     with atomic_path(card) as tmp:
@@ -248,7 +266,7 @@ def model_card(model: TrainedModel) -> str:
         f"| seed | {c.get('seed', '—')} |",
         f"| profile | {c.get('profile', '—')} (precision {c.get('precision', '—')}) |",
         f"| data | `{json.dumps(c.get('data', {}))}` |",
-        f"| test error | {f'{error:.2f}%' if error is not None else '—'} (final weights) |",
+        f"| test error | {f'{error:.2f}% (final weights)' if error is not None else 'not measured'} |",
         f"| trained to the end | {c.get('finished', '—')} |",
         f"| commit | {c.get('git_commit', '—')} |",
         f"| classes | {', '.join(model.classes)} |",
@@ -313,7 +331,7 @@ def _check_out(path: Path, flag: str = "--out") -> None:
 
 
 def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"resattn {prog}", description=doc)
+    parser = OneLineParser(prog=f"resattn {prog}", description=doc)
     parser.add_argument("run", help="a study run folder (runs/<study>/<run id>), a .ckpt file or an export folder")
     return parser
 

@@ -6,6 +6,7 @@ The documented thin entry to ``resattn report`` (resattn.commands.report_main): 
 import sys
 
 from resattn.commands import report_main
+from resattn.entry import run
 
 if __name__ == "__main__":
-    sys.exit(report_main())
+    sys.exit(run(report_main))

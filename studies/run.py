@@ -6,6 +6,7 @@ The documented thin entry to ``resattn study`` (resattn.commands.study_main): se
 import sys
 
 from resattn.commands import study_main
+from resattn.entry import run
 
 if __name__ == "__main__":
-    sys.exit(study_main())
+    sys.exit(run(study_main))

@@ -46,7 +46,8 @@ def _main(tmp_path, capsys, *args):
         (["--set", "model.depth=57"], ["depth=57", "56, 92, 128"]),
         (["--set", "model.attention_learning=xyz"], ["model.attention_learning", "'arl', 'nal', 'none'"]),
         (["--set", "trainer.max_epochs=many"], ["trainer.max_epochs", "int"]),
-        (["--set", "trainer.accelerator=gpu"], ["bad setting", "gpu"]),
+        (["--set", "trainer.accelerator=gpu"], ["trainer.accelerator=gpu", "no usable CUDA GPU"]),
+        (["--set", "modle.width=0.5"], ["'modle.width'", "did you mean model.width?"]),
         (
             ["--set", "data.dataset=cifar10", "--data_dir", "{tmp}/data"],  # the download fails: no network here
             ["cifar10 not found", "{tmp}/data", "--data_dir", "--download"],
@@ -68,6 +69,11 @@ def _main(tmp_path, capsys, *args):
         (["--set", "data.synthetic_size=[0, 10]"], ["synthetic_size", ">= 1"]),
         (["--seeds", "100000"], ["--seeds 100000", "[1, 1000]"]),
         (["--slurm", "timeout_min=5"], ["--slurm is for --executor slurm"]),
+        (["--executor", "slurm"], ["--executor slurm: no SLURM here", "--slurm cluster=local"]),
+        (
+            ["--dry-run", "--set", "data.dataset=cifar10", "--data_dir", "{tmp}/data", "--no-download"],
+            ["cifar10 not found"],
+        ),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, words):

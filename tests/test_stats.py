@@ -3,6 +3,7 @@ inputs, result sets that give each verdict, diverged runs counting at chance, tr
 slope of the per-seed differences, and the Fig. 4 claim judged against its threshold."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from scipy import stats
 
 from resattn.report.claims import combine, judge
 from resattn.report.stats import detectable, paired, seeds_needed, summarise, trend, verdict
+from resattn.report.tables import markdown
 from resattn.study.spec import load_study
 from tests.test_store import _result, _runs
 
@@ -210,3 +212,13 @@ def test_a_diverged_run_enters_the_claim_and_is_named():
     diffs = np.subtract(local, HOUR)
     diffs[4] = local[4] - 90.0  # the diverged reference counts at chance error
     assert row["value"] == pytest.approx(diffs.mean())
+
+
+def test_the_markdown_table_has_as_many_cells_in_every_row_as_in_its_header():
+    specs = {(r.variant, r.seed): r for r in _runs(seeds=2)}
+    results = [
+        _result(specs[v, s], test_error=HOUR[s] + i) for i, v in enumerate(("hourglass", "local_conv")) for s in (0, 1)
+    ]
+    lines = markdown(summarise(load_study("mask_structure"), results)).splitlines()
+    cells = [len(re.findall(r"(?<!\\)\|", line)) for line in lines]
+    assert "detectable \\|Δ\\|" in lines[0] and len(set(cells)) == 1, cells

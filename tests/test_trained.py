@@ -81,6 +81,18 @@ def test_export_round_trip_gives_the_same_network(checkpoint, images, tmp_path):
     info = json.loads((moved / CONFIG).read_text())
     assert info["model"]["depth"] == 56 and len(info["classes"]) == 10
     assert "Attention-56" in (moved / CARD).read_text()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in written}
+    assert len(set(modes.values())) == 1, modes  # the weights are as readable as the card
+
+
+def test_preprocess_takes_one_image_and_names_a_bad_one(checkpoint):
+    model = load_run(checkpoint[0])
+    one = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    assert model.preprocess(one)[0].shape == (1, 3, 32, 32)
+    for bad, words in ((torch.zeros(4, 40, 50, dtype=torch.uint8), "(4, 40, 50)"), (one.float(), "torch.float32")):
+        with pytest.raises(ValueError, match=r"image 1: expected a uint8 RGB tensor") as err:
+            model.preprocess([one, bad])
+        assert words in str(err.value)
 
 
 def test_predict_prints_the_top_classes_by_name(checkpoint, images, capsys):

@@ -19,7 +19,7 @@ from resattn.report.claims import judge, write_claims
 from resattn.report.stats import summarise, trend
 from resattn.report.tables import readable, write_tables
 from resattn.study import wandb_runs
-from resattn.study.spec import Study
+from resattn.study.spec import Study, plural
 from resattn.study.store import RunDir, RunResult, RunSpec, study_dir
 
 
@@ -118,7 +118,7 @@ def build_report(
     written += [claims_file] if claims_file else []
     styles = plots.variant_styles(study)
     seeds = len({r.seed for r in results})
-    subtitle = f"{study.name}, profile {results[0].profile}, {results[0].precision}, {seeds} seed{'s' * (seeds > 1)}"
+    subtitle = f"{study.name}, profile {results[0].profile}, {results[0].precision}, {plural(seeds, 'seed')}"
     finished = [r for r in results if r.status == "finished"]  # curves and probes: diverged runs left out
     first_seed = min((r.seed for r in finished), default=None)
     shown = sorted((r for r in finished if r.seed == first_seed), key=lambda r: order.index(r.variant))

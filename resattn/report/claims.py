@@ -5,9 +5,11 @@ or ``response``). A report judges them on its configuration's results and writes
 next to its table, one row per piece of evidence (a comparison, a slope, a probed value). The
 ledger, ``reports/CLAIMS.md`` with ``reports/CLAIMS.csv``, has one row per claim of every study:
 the evidence of the most faithful configuration that has any (the profile's place in
-``profiles.yaml``: paper, then quick, then smoke; then the most seeds), so a smoke run never hides
-a longer study's verdict; a study without results reads ``not run``. It is rebuilt from the
-``claims.csv`` files under ``reports/``, after every study and by ``studies/report.py --claims``.
+``profiles.yaml``: paper, then gpu, then quick; then the most seeds); a study without results reads
+``not run``. Configurations trained on synthetic data (the smoke profile) say nothing about the
+paper's claims and are left out, so a smoke run never changes the ledger. It is rebuilt from the
+``claims.csv`` files under ``reports/``, after every study and by ``studies/report.py --claims``, and
+rewritten only when its content changes.
 
 A claim's verdict combines its evidence: ``reproduced`` when every piece is, ``contradicted``
 when any piece is, ``inconclusive`` otherwise (``needs ≥ 2 seeds`` when no piece has two).
@@ -16,13 +18,14 @@ when any piece is, ``inconclusive`` otherwise (``needs ≥ 2 seeds`` when no pie
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from resattn.report.stats import decide, detectable, level, seeds_needed, side_verdict, trend, verdict
-from resattn.study.spec import Claim, Study, available_studies, load_study, profile_names
+from resattn.study.spec import Claim, Study, available_studies, load_study, plural, profile_names
 from resattn.study.store import RunResult, atomic_path
 
 CLAIMS_CSV, LEDGER = "claims.csv", "CLAIMS"
@@ -46,6 +49,7 @@ COLUMNS = [
     "profile",
     "configuration",
     "precision",
+    "synthetic",
     "note",
 ]
 NOT_RUN = "not run"
@@ -174,6 +178,7 @@ def judge(study: Study, summary: pd.DataFrame, results: list[RunResult]) -> pd.D
                     "profile": first.profile,
                     "configuration": first.configuration,
                     "precision": first.precision,
+                    "synthetic": first.synthetic,
                     "note": study.notes,
                 }
             )
@@ -206,7 +211,7 @@ def ledger(reports_dir: Path) -> tuple[pd.DataFrame, dict[str, list[str]]]:
         if not study.claims:
             continue
         found = [pd.read_csv(p) for p in sorted((Path(reports_dir) / name).glob(f"*/{CLAIMS_CSV}"))]
-        found = [df for df in found if not df.empty]
+        found = [df for df in found if not df.empty and not ("synthetic" in df and df["synthetic"].any())]
         configurations[name] = [df["configuration"].iloc[0] for df in found]
         best = max(found, key=lambda df: _fidelity(df, order)) if found else None
         for claim in study.claims:
@@ -249,7 +254,7 @@ def _evidence(row) -> str:
         plan = f"; the paper's value needs {_num(row['seeds_for_paper'], 0, signed=False)} seeds"
     return (
         f"{row['evidence']}: {_num(row['value'], digits, signed)}{interval}, paper {_num(row['paper'], 2, signed)} "
-        f"({seeds} seed{'s' * (seeds != 1)}{diverged}): *{row['verdict']}*{plan}"
+        f"({plural(seeds, 'seed')}{diverged}): *{row['verdict']}*{plan}"
     )
 
 
@@ -262,7 +267,8 @@ def write_ledger(reports_dir: Path) -> list[Path]:
         "",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the reports under `{reports_dir}/` "
         "(`studies/report.py --claims` rebuilds it). For each study, the evidence of its most faithful "
-        "configuration with results (profile paper, then quick, then smoke; then the most seeds).",
+        "configuration with results (profile paper, then gpu, then quick; then the most seeds); configurations "
+        "trained on synthetic data (the smoke profile) test the code, not the paper, and are left out.",
         "",
         "Evidence: a difference (variant − reference, test error in pp) with its 95% paired t interval over seeds "
         "and its verdict (reproduced: the interval excludes 0 on the paper's side and the Holm-adjusted p < 0.05; "
@@ -281,7 +287,7 @@ def write_ledger(reports_dir: Path) -> list[Path]:
             where, evidence = "—", "no results yet"
         else:
             seeds = int(group["seeds"].max())
-            where = f"`{first['configuration']}` ({first['profile']}, {first['precision']}, {seeds} seeds)"
+            where = f"`{first['configuration']}` ({first['profile']}, {first['precision']}, {plural(seeds, 'seed')})"
             evidence = "<br>".join(_evidence(row) for _, row in group.iterrows())
         note = " ¹" if isinstance(first["note"], str) and first["note"] else ""
         lines.append(
@@ -297,8 +303,16 @@ def write_ledger(reports_dir: Path) -> list[Path]:
         + "; ".join(f"{study}: {', '.join(c) or 'none'}" for study, c in configurations.items()),
     ]
     md, csv = reports_dir / f"{LEDGER}.md", reports_dir / f"{LEDGER}.csv"
+    text, table = "\n".join(lines) + "\n", df.to_csv(index=False)
+    if csv.is_file() and md.is_file() and csv.read_text() == table and _undated(md.read_text()) == _undated(text):
+        return [md, csv]  # nothing changed: the committed ledger keeps its date
     with atomic_path(md) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text(text)
     with atomic_path(csv) as tmp:
-        df.to_csv(tmp, index=False)
+        tmp.write_text(table)
     return [md, csv]
+
+
+def _undated(text: str) -> str:
+    """The ledger without its generation time."""
+    return re.sub(r"^Generated \S+ \S+ UTC ", "", text, flags=re.M)

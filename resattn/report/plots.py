@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.gridspec import GridSpec  # noqa: E402
 
 from resattn.report.stats import Trend, confidence_interval, errors_by_variant  # noqa: E402
-from resattn.study.spec import Claim, Study  # noqa: E402
+from resattn.study.spec import Claim, Study, plural  # noqa: E402
 from resattn.study.store import RunResult, atomic_path  # noqa: E402
 
 LINESTYLES = ("-", "--", "-.", ":")
@@ -142,7 +142,7 @@ def trend_differences(
     ax.set_xticks(x)
     s = t.slope
     if np.isnan(s.low):
-        slope = f"slope {s.delta:+.2f} pp per {claim.unit} (no interval from {n} seed{'s' * (n != 1)})"
+        slope = f"slope {s.delta:+.2f} pp per {claim.unit} (no interval from {plural(n, 'seed')})"
     else:
         slope = f"slope {s.delta:+.2f} [{s.low:+.2f}, {s.high:+.2f}] pp per {claim.unit}"
     paper_slope = "" if np.isnan(t.paper) else f", paper {t.paper:+.2f}"

@@ -75,9 +75,14 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(df: pd.DataFrame) -> str:
+    """The readable table as a GitHub-flavoured markdown table (a ``|`` inside a cell is escaped)."""
     table = readable(df)
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+
+    def row(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines = [row(table.columns), "|" + "---|" * len(table.columns)]
+    lines += [row(r) for r in table.itertuples(index=False)]
     return "\n".join(lines)
 
 

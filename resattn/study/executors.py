@@ -191,6 +191,16 @@ class RayExecutor:
             self._ray.cancel(ref)  # KeyboardInterrupt in the task: its worker gets SIGTERM and checkpoints
 
 
+def check_slurm(parameters: dict) -> None:
+    """SLURM is here (``sbatch`` on PATH), or the ``--slurm`` parameters name another submitit
+    cluster; else submitit would quietly run the array on this machine."""
+    if parameters.get("cluster") is None and shutil.which("sbatch") is None:
+        raise ValueError(
+            "--executor slurm: no SLURM here (no sbatch on PATH); run where SLURM is, or add --slurm cluster=local "
+            "to run the array on this machine."
+        )
+
+
 @dataclass
 class SlurmExecutor:
     """A submitit job array, one element per run, at most ``jobs`` at once, with ``cpus``/``gpus`` per
@@ -213,13 +223,9 @@ class SlurmExecutor:
             self._executor(Path(scratch))
 
     def _executor(self, folder: Path):
+        check_slurm(self.parameters)
         parameters = dict(self.parameters)
         cluster = parameters.pop("cluster", None)
-        if cluster is None and shutil.which("sbatch") is None:  # submitit would quietly run on this machine
-            raise ValueError(
-                "--executor slurm: no SLURM here (no sbatch on PATH); run where SLURM is, or add --slurm cluster=local "
-                "to run the array on this machine."
-            )
         executor = self._submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         gpus = {"gpus_per_node": self.gpus} if self.gpus else {}
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import inspect
 import json
 import logging
@@ -24,6 +23,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from resattn.study.spec import suggest
 from resattn.study.store import SECTIONS, SEEDS, RunSpec
 
 
@@ -70,13 +70,24 @@ def _unknown_settings(run: RunSpec, classes: dict) -> None:
         allowed = set(inspect.signature(classes[section]).parameters) - {"self"}
         unknown = sorted(set(run.config[section]) - allowed)
         if unknown:
-            close = difflib.get_close_matches(unknown[0], allowed, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            hint = suggest(unknown[0], sorted(allowed))
             raise PreflightError(
                 f"unknown setting {section}.{unknown[0]}{hint}; {section}.* settings are the arguments of "
                 f"{classes[section].__name__}: {', '.join(sorted(allowed))}. Check {run.study}'s YAML, the "
                 "profile and --set."
             )
+
+
+def _check_accelerator(run: RunSpec) -> None:
+    """A CUDA accelerator asked for on a machine without one, named (Lightning's own message does not)."""
+    import torch
+
+    accelerator = str(run.config["trainer"]["accelerator"])  # RUN_DEFAULTS sets it
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise PreflightError(
+            f"trainer.accelerator={accelerator}: this machine has no usable CUDA GPU "
+            "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu."
+        )
 
 
 def _plain(obj):
@@ -140,6 +151,7 @@ def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:
         key = json.dumps(_with_seeds(run.config, NO_SEEDS), sort_keys=True, default=str)
         if key not in cache:
             _unknown_settings(run, classes)
+            _check_accelerator(run)
             try:
                 with _quiet():
                     cli = build_run(run.config)
@@ -196,15 +208,15 @@ def data_key(hp) -> tuple:
     return (hp.dataset, str(Path(hp.data_dir).expanduser().resolve()), tuple(hp.synthetic_size))
 
 
-def check_data(runs: list[RunSpec]) -> dict[tuple, int | None]:
-    """Load (or, with ``data.download``, download) every data set the runs use, once, so that
-    missing or corrupt data fails with the data module's message before any run starts. Returns
-    each data set's number of training images (None for image folders)."""
+def check_data(runs: list[RunSpec], fetch: bool = True) -> dict[tuple, int | None]:
+    """Load (or, with ``data.download`` and ``fetch``, download) every data set the runs use, once,
+    so that missing or corrupt data fails with the data module's message before any run starts.
+    Returns each data set's number of training images (None for image folders)."""
     from resattn.data import CIFARDataModule
 
     sizes: dict[tuple, int | None] = {}
     for run in runs:
-        data = CIFARDataModule(**run.config["data"])
+        data = CIFARDataModule(**{**run.config["data"], **({} if fetch else {"download": False})})
         key = data_key(data.hparams)
         if key not in sizes:
             try:

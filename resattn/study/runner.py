@@ -22,9 +22,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from resattn.study import wandb_runs
-from resattn.study.executors import EXECUTORS, LocalExecutor, RayExecutor, SlurmExecutor, Task
+from resattn.study.executors import EXECUTORS, LocalExecutor, RayExecutor, SlurmExecutor, Task, check_slurm
 from resattn.study.preflight import check_folder
-from resattn.study.spec import Study, expand, load_profile, load_study
+from resattn.study.spec import Study, expand, load_profile, load_study, plural
 from resattn.study.store import (
     EXIT_BUSY,
     EXIT_INTERRUPTED,
@@ -280,6 +280,8 @@ def run_study(
     check_options(seeds, jobs, cpus_per_run, gpus_per_run, max_retries, executor, pack)
     if slurm and executor != "slurm":
         raise ValueError(f"--slurm is for --executor slurm, not --executor {executor}.")
+    if executor == "slurm":
+        check_slurm(slurm or {})
     check_folder(runs_dir, "--runs-dir")
     study = load_study(study_name)
     prof = load_profile(profile)
@@ -311,11 +313,18 @@ def run_study(
     packs = sum(len(u.members) > 1 for u in units)
     packed = f" in {len(units)} process(es), {packs} pack(s) of up to {size} seeds" if size > 1 else ""
     print(
-        f"{len(runs)} runs ({len(study.variants())} variants x {seeds or prof.seeds} seeds): "
+        f"{len(runs)} runs ({plural(len(study.variants()), 'variant')} x {plural(seeds or prof.seeds, 'seed')}): "
         f"{len(runs) - len(todo)} finished, {len(todo)} to train{packed} ({len(resumable)} from a checkpoint); "
         f"executor {executor}; W&B {wandb_mode}, project {project}.",
         file=out,
     )
+    if dry_run and todo:  # the data the real command needs: present, or what it would do about it
+        try:
+            preflight.check_data(todo, fetch=False)
+        except ValueError as err:
+            if not all(r.config["data"].get("download") for r in todo):  # absent: the class default, off
+                raise
+            print(f"  data: not here yet; the command will first try to download it (needs a network): {err}", file=out)
     if dry_run or not todo:
         for run in runs if dry_run else []:
             state = ("resumes" if run in resumable else "to train") if run in todo else "finished"

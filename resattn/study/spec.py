@@ -16,6 +16,7 @@ No torch here: a typo in a study name or flag is answered at once.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
@@ -67,6 +68,18 @@ class SpecError(ValueError):
         super().__init__(f"{path}: key {key!r}: expected {expected}.")
 
 
+def plural(n: int, word: str) -> str:
+    """``1 seed``, ``3 seeds``: a count in words a reader reads as written."""
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def suggest(name: str, choices: list[str], n: int = 2) -> str:
+    """`` (did you mean X?)`` for the (up to ``n``) choices closest to ``name``, case aside; else ``""``."""
+    lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.6)
+    return f" (did you mean {' or '.join(lower[c] for c in close)}?)" if close else ""
+
+
 def available_studies(root: Path = ABLATIONS) -> list[str]:
     return sorted(p.stem for p in root.glob("*.yaml") if p.stem != PROFILES)
 
@@ -81,7 +94,8 @@ def study_path(name: str, root: Path = ABLATIONS) -> Path:
     path = root / f"{name}.yaml"
     if name == PROFILES or not path.is_file():
         raise ValueError(
-            f"unknown study {name!r}; available: {', '.join(available_studies(root))} (or the path of a study YAML)."
+            f"unknown study {name!r}{suggest(name, available_studies(root))}; available: "
+            f"{', '.join(available_studies(root))} (or the path of a study YAML)."
         )
     return path
 
@@ -101,7 +115,10 @@ def check_settings(settings: Any, path: Path | str, key: str) -> dict[str, Any]:
         raise SpecError(path, key, "a mapping of settings such as {model.width: 0.25}")
     for name in settings:
         if not isinstance(name, str) or name.split(".", 1)[0] not in SECTIONS or "." not in name:
-            raise SpecError(path, f"{key}.{name}", "a setting named model.<arg>, data.<arg> or trainer.<arg>")
+            rest = str(name).partition(".")[2]
+            hint = suggest(str(name), [f"{s}.{rest}" for s in SECTIONS] if rest else list(SECTIONS), n=1)
+            expected = "a setting named model.<arg>, data.<arg> or trainer.<arg>" + hint
+            raise SpecError(path, f"{key}.{name}" if key else str(name), expected)
     return dict(settings)
 
 
@@ -365,7 +382,10 @@ def load_profile(name: str, root: Path = ABLATIONS) -> Profile:
     path = root / f"{PROFILES}.yaml"
     profiles = _read_yaml(path)
     if name not in profiles:
-        raise ValueError(f"unknown profile {name!r}; available: {', '.join(profiles)} (defined in {path}).")
+        raise ValueError(
+            f"unknown profile {name!r}{suggest(name, list(profiles))}; available: {', '.join(profiles)} "
+            f"(defined in {path})."
+        )
     raw = profiles[name]
     seeds = raw.get("seeds", 1)
     if not isinstance(seeds, int) or seeds < 1:
@@ -392,7 +412,7 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` settings (``model.*``, ``data.*``, ``trainer.*``)."""
-    return check_settings(parse_pairs(items, "--set"), "--set", "--set")
+    return check_settings(parse_pairs(items, "--set"), "--set", "")
 
 
 def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -101,6 +101,11 @@ class RunSpec(BaseModel):
         return str(self.config["trainer"]["precision"])
 
     @property
+    def synthetic(self) -> bool:
+        """Trained on the generated stand-in data (the smoke profile), not on a real data set."""
+        return self.config["data"].get("dataset") == "synthetic"  # never the default: absent is real data
+
+    @property
     def identity(self) -> dict[str, Any]:
         """The settings that change the result: model, data content, training, precision, seeds. An
         image folder's path and workers are its content and augmentation streams: they count there."""
