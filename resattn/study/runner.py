@@ -22,7 +22,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from resattn.study import wandb_runs
-from resattn.study.executors import EXECUTORS, LocalExecutor, RayExecutor, SlurmExecutor, Task, check_slurm
+from resattn.study.executors import (
+    EXECUTORS,
+    LocalExecutor,
+    RayExecutor,
+    SlurmExecutor,
+    Task,
+    check_reachable,
+    check_slurm,
+)
 from resattn.study.preflight import check_folder
 from resattn.study.spec import Study, expand, load_profile, load_study, plural
 from resattn.study.store import (
@@ -280,8 +288,10 @@ def run_study(
     check_options(seeds, jobs, cpus_per_run, gpus_per_run, max_retries, executor, pack)
     if slurm and executor != "slurm":
         raise ValueError(f"--slurm is for --executor slurm, not --executor {executor}.")
-    if executor == "slurm":
+    if executor == "slurm":  # checked even when nothing is left to train: the flags are checked, always
         check_slurm(slurm or {})
+    if executor == "ray":
+        check_reachable(ray_address or os.environ.get("RAY_ADDRESS"))
     check_folder(runs_dir, "--runs-dir")
     study = load_study(study_name)
     prof = load_profile(profile)
