@@ -40,9 +40,17 @@ exit codes: 0 done; 1 some runs failed (run again to retry them); 2 bad input (n
 """
 
 
-def _list_studies(runs_dir: Path) -> int:
+def _check_runs_dir(runs_dir: Path) -> None:
+    """A runs folder to read from: missing is fine (no results yet), a file is bad input."""
     if runs_dir.exists() and not runs_dir.is_dir():
-        print(f"error: --runs-dir {runs_dir} is a file, not a directory.", file=sys.stderr)
+        raise ValueError(f"--runs-dir {runs_dir} is a file, not a directory.")
+
+
+def _list_studies(runs_dir: Path) -> int:
+    try:
+        _check_runs_dir(runs_dir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{'study':<18} {'paper':<24} finished runs (in {runs_dir})")
     for name in available_studies():
@@ -312,8 +320,7 @@ def report_main(argv: list[str] | None = None) -> int:
         return _write_ledger(args.reports_dir)
     try:
         study = load_study(args.study)
-        if args.runs_dir.exists() and not args.runs_dir.is_dir():
-            raise ValueError(f"--runs-dir {args.runs_dir} is a file, not a directory.")
+        _check_runs_dir(args.runs_dir)
         if args.wandb_dirs:
             from resattn.study.store import study_runs
             from resattn.study.wandb_runs import sync_dirs

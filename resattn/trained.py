@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +223,7 @@ def export(model: TrainedModel, out: Path) -> list[Path]:
     """Write ``model.safetensors`` (the network's weights), ``config.json`` (model config, class names,
     training mean, provenance) and ``README.md`` (a model card) into ``out``; :func:`load_run`
     loads the folder without the study."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.net.state_dict().items()}
@@ -239,11 +238,8 @@ def export(model: TrainedModel, out: Path) -> list[Path]:
         "card": model.card,
     }
     weights, config, card = out / WEIGHTS, out / CONFIG, out / CARD
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)  # safetensors writes 0600; the export is shared like its other files
+    with atomic_path(weights) as tmp:  # bytes written here take the umask's mode (safetensors' own file: 0600)
+        tmp.write_bytes(save(state, metadata={"format": "pt"}))
     with atomic_path(config) as tmp:
         tmp.write_text(json.dumps(info, indent=2))
     with atomic_path(card) as tmp:

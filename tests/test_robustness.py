@@ -24,19 +24,27 @@ SHORT = ["trainer.max_epochs=3", "data.synthetic_size=[320, 64]", "data.eval_bat
 RUN = [sys.executable, str(ROOT / "studies" / "run.py"), "mask_structure", "--profile", "smoke", "--wandb", "offline"]
 
 
-def _run_dir(tmp_path: Path, name: str, overrides=SHORT) -> Path:
-    run = resolve(
+def _specs(seeds: int, overrides=SHORT):
+    """mask_structure's smoke runs with ``overrides``, resolved as the runner resolves them."""
+    return resolve(
         expand(
             load_study("mask_structure"),
             load_profile("smoke"),
-            1,
+            seeds,
             parse_overrides(overrides),
             defaults={"trainer.precision": "32-true"},
         )
-    )[0][0]
+    )[0]
+
+
+def _written(tmp_path: Path, name: str, run) -> Path:
     run_dir = RunDir.of(tmp_path / name, run)
     run_dir.write_spec(run)
     return run_dir.path
+
+
+def _run_dir(tmp_path: Path, name: str, overrides=SHORT) -> Path:
+    return _written(tmp_path, name, _specs(1, overrides)[0])
 
 
 def _worker(run_dir: Path, *extra: str, **popen) -> subprocess.Popen:
@@ -270,21 +278,7 @@ def test_the_runner_says_when_it_sets_an_unreadable_checkpoint_aside(tmp_path, c
 
 def _pack_dirs(tmp_path: Path, name: str) -> list[Path]:
     """The two seeds of the hourglass variant, written as runs of a pack."""
-    runs = resolve(
-        expand(
-            load_study("mask_structure"),
-            load_profile("smoke"),
-            2,
-            parse_overrides(SHORT),
-            defaults={"trainer.precision": "32-true"},
-        )
-    )[0]
-    dirs = []
-    for run in (r for r in runs if r.variant == "hourglass"):
-        run_dir = RunDir.of(tmp_path / name, run)
-        run_dir.write_spec(run)
-        dirs.append(run_dir.path)
-    return dirs
+    return [_written(tmp_path, name, run) for run in _specs(2) if run.variant == "hourglass"]
 
 
 def _pack_worker(dirs: list[Path]) -> subprocess.Popen:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from resattn.report.stats import decide, detectable, level, seeds_needed, side_verdict, trend, verdict
-from resattn.study.spec import Claim, Study, available_studies, load_study, plural, profile_names
+from resattn.study.spec import Claim, Study, available_studies, load_profile, load_study, plural, profile_names
 from resattn.study.store import RunResult, atomic_path
 
 CLAIMS_CSV, LEDGER = "claims.csv", "CLAIMS"
@@ -262,13 +262,16 @@ def write_ledger(reports_dir: Path) -> list[Path]:
     """``CLAIMS.md`` and ``CLAIMS.csv`` in ``reports_dir``, from the reports' ``claims.csv``."""
     df, configurations = ledger(reports_dir)
     reports_dir = Path(reports_dir)
+    profiles = {name: load_profile(name).synthetic for name in profile_names()}
+    faithful = ", then ".join(name for name in reversed(profiles) if not profiles[name])
+    synthetic = ", ".join(name for name, generated in profiles.items() if generated)
     lines = [
         "# Claims ledger: the paper's claims, judged by this suite",
         "",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the reports under `{reports_dir}/` "
         "(`studies/report.py --claims` rebuilds it). For each study, the evidence of its most faithful "
-        "configuration with results (profile paper, then gpu, then quick; then the most seeds); configurations "
-        "trained on synthetic data (the smoke profile) test the code, not the paper, and are left out.",
+        f"configuration with results (profile {faithful}; then the most seeds); configurations trained on "
+        f"synthetic data (the {synthetic} profile) test the code, not the paper, and are left out.",
         "",
         "Evidence: a difference (variant − reference, test error in pp) with its 95% paired t interval over seeds "
         "and its verdict (reproduced: the interval excludes 0 on the paper's side and the Holm-adjusted p < 0.05; "

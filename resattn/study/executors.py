@@ -83,7 +83,8 @@ def require(executor: str):
 
 def check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """A Ray address ``HOST:PORT`` must answer before the study writes anything (``ray.init`` would
-    retry an unreachable one for good); ``auto`` and ``ray://`` addresses are left to Ray."""
+    retry an unreachable one for good); ``auto`` and ``ray://`` addresses are left to Ray. The runner
+    checks it first, with the other flags, before it builds a :class:`RayExecutor`."""
     if not address or address == "auto" or "://" in address:
         return
     host, _, port = address.rpartition(":")
@@ -155,7 +156,6 @@ class RayExecutor:
 
     def __post_init__(self) -> None:
         self._ray = require("ray")
-        check_reachable(self.address or os.environ.get("RAY_ADDRESS"))
 
     def run(self, tasks: list[Task], started: Callable[[Task], None], done: Callable[[Task, int], None]) -> None:
         ray = self._ray
