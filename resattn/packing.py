@@ -6,7 +6,9 @@ leading dimension (``torch.func.stack_module_state``) and runs all of them at on
 ``torch.vmap`` over ``torch.func.functional_call``: a convolution whose input and weight are both
 batched becomes one grouped convolution of K groups, so a packed step launches about as many
 kernels as one seed's. BatchNorm's running statistics are stacked buffers, updated in place per
-seed. The loss is the sum of the K seeds' losses, so each seed's parameters get exactly its own
+seed. The pack runs a copy of the network made for vmap (:func:`pack_template`): convolutions and
+linear layers that follow autocast, BatchNorm that takes bf16 input, ReLU out of place, the global
+average pool as a mean. The loss is the sum of the K seeds' losses, so each seed's parameters get exactly its own
 gradient, and the paper's SGD (every operation elementwise) is each seed's own optimiser.
 
 Each seed keeps what its own run would have: its initialisation (each member is built by the
@@ -26,12 +28,121 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
+from torchmetrics import Metric
 
 from resattn.data import CIFARDataModule
-from resattn.module import ResidualAttentionClassifier, compile_options, epoch_metrics, paper_optimizer
+from resattn.module import ResidualAttentionClassifier, compile_options, error_metrics, paper_optimizer
 from resattn.network import ResidualAttentionNetwork
 
 PREFIX = "m{}/"  # the metrics of member k are logged as m{k}/train/loss, ...
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast runs matmuls and convolutions in on ``x``'s device, None when it is off."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+class PackConv2d(nn.Conv2d):
+    """A convolution that follows autocast inside vmap. Autocast casts ``conv2d``, but under vmap the
+    convolution reaches the kernel through its batch rule, past autocast, and runs in fp32 (measured:
+    every activation of a bf16-mixed pack was fp32). So the input, weight and bias are cast to the
+    autocast dtype here, as autocast does for a network alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = autocast_dtype(x)
+        if dtype is None:
+            return self._conv_forward(x, self.weight, self.bias)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return self._conv_forward(x.to(dtype), self.weight.to(dtype), bias)
+
+
+class PackConv1d(nn.Conv1d):
+    """:class:`PackConv2d` for 1-d convolutions (ECA's)."""
+
+    forward = PackConv2d.forward
+
+
+class PackLinear(nn.Linear):
+    """A linear layer that follows autocast inside vmap (see :class:`PackConv2d`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = autocast_dtype(x)
+        if dtype is None:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(x.to(dtype), self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype))
+
+
+PACK_LAYERS = {nn.Conv1d: PackConv1d, nn.Conv2d: PackConv2d, nn.Linear: PackLinear}
+
+
+class PackBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm (Ioffe & Szegedy 2015, Algorithm 1) as a pack runs it: normalised in the dtype of its
+    running statistics (fp32), the output in the input's dtype. A single network's BatchNorm kernel
+    takes bf16 input with fp32 statistics (bf16 autocast); vmap's batch rule for it does not
+    ("expected scalar type BFloat16 but found Float"), so the input is cast up first: exact for bf16,
+    and the statistics stay in fp32 as a single network's do. Its state is BatchNorm2d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stats = self.weight.dtype if self.running_mean is None else self.running_mean.dtype
+        if x.dtype == stats:
+            return super().forward(x)
+        return super().forward(x.to(stats)).to(x.dtype)
+
+
+class GlobalAvgPool(nn.Module):
+    """``AdaptiveAvgPool2d(1)`` as a mean over the spatial axes: the same values, without the
+    ``as_strided_`` that vmap runs as a per-member loop on channels_last input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((-2, -1), keepdim=True)
+
+
+def pack_template(net: nn.Module) -> nn.Module:
+    """A stateless copy of ``net`` (on the meta device) for :class:`PackedNetwork` to run under vmap:
+    convolutions and linear layers that follow autocast (:class:`PackConv2d`), :class:`PackBatchNorm2d`
+    for BatchNorm2d, out-of-place ReLU (in-place ReLU makes vmap copy), :class:`GlobalAvgPool` for a
+    1x1 adaptive average pool. Parameter and buffer names are ``net``'s."""
+    template = copy.deepcopy(net).to("meta")
+    for parent in template.modules():
+        for name, child in parent.named_children():
+            if type(child) in PACK_LAYERS:
+                child.__class__ = PACK_LAYERS[type(child)]  # the same state, another forward
+            elif type(child) is nn.BatchNorm2d:
+                child.__class__ = PackBatchNorm2d
+            elif isinstance(child, nn.ReLU):
+                child.inplace = False
+            elif isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+                setattr(parent, name, GlobalAvgPool())
+    return template
+
+
+class PackMetrics(Metric):
+    """The epoch metrics of the K members of a pack, updated once per step for all of them: the
+    summed loss and top-1 / top-5 hits per member (states of shape (K,), summed over devices,
+    checkpointed). Hand-written on torchmetrics' Metric because its classification metrics take one
+    member per update: K updates per step, Python work that grows with K. No host read."""
+
+    full_state_update = False
+
+    def __init__(self, members: int, num_classes: int) -> None:
+        super().__init__()
+        self.top = min(5, num_classes)
+        for name in ("loss", "hits1", "hits5", "count"):
+            self.add_state(name, torch.zeros(members), dist_reduce_fx="sum", persistent=True)
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor, losses: torch.Tensor) -> None:
+        """``logits`` (K, B, classes), ``target`` (K, B), per-image ``losses`` (K, B)."""
+        hits = logits.topk(self.top, dim=-1).indices == target.unsqueeze(-1)  # (K, B, top)
+        self.loss += losses.sum(1)
+        self.hits1 += hits[..., 0].sum(1)
+        self.hits5 += hits.any(-1).sum(1)
+        self.count += target.shape[1]
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``loss``, ``acc1``, ``acc5``, ``err1``, ``err5`` of each member, each of shape (K,)."""
+        count = self.count.clamp(min=1)
+        return {"loss": self.loss / count, **error_metrics({"acc1": self.hits1 / count, "acc5": self.hits5 / count})}
 
 
 class PackedNetwork(nn.Module):
@@ -47,7 +158,7 @@ class PackedNetwork(nn.Module):
         for i, name in enumerate(self._buffer_names):
             self.register_buffer(f"buffer{i}", buffers[name].clone())
         # the stateless template: no memory of its own, kept out of state_dict, .to() and parameters()
-        object.__setattr__(self, "_template", copy.deepcopy(nets[0]).to("meta"))
+        object.__setattr__(self, "_template", pack_template(nets[0]))
 
     def stacked_buffers(self) -> list[torch.Tensor]:
         return [getattr(self, f"buffer{i}") for i in range(len(self._buffer_names))]
@@ -81,9 +192,7 @@ class PackedClassifier(L.LightningModule):
         self.member_hparams = members[0].hparams
         self.net = PackedNetwork([m.net for m in members])
         self.size = len(members)
-        for split in ("train", "val"):
-            setattr(self, f"{split}_metrics", nn.ModuleList(getattr(m, f"{split}_metrics") for m in members))
-            setattr(self, f"{split}_losses", nn.ModuleList(getattr(m, f"{split}_loss") for m in members))
+        self.train_metrics, self.val_metrics = (PackMetrics(self.size, self.member_hparams.num_classes) for _ in "tv")
         if self.member_hparams.compile:
             self.net.compile(**compile_options(self.member_hparams.compile))
 
@@ -94,11 +203,9 @@ class PackedClassifier(L.LightningModule):
         x = torch.stack([b[0] for b in batch])  # (K, B, C, H, W)
         y = torch.stack([b[1] for b in batch])  # (K, B)
         logits = self(x)  # (K, B, classes)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)  # (K,)
-        for k in range(self.size):
-            getattr(self, f"{split}_metrics")[k].update(logits[k].detach(), y[k])
-            getattr(self, f"{split}_losses")[k].update(losses[k].detach(), weight=y.shape[1])
-        return losses
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)  # (K, B)
+        getattr(self, f"{split}_metrics").update(logits.detach(), y, losses.detach())
+        return losses.mean(1)  # (K,)
 
     def training_step(self, batch: list, batch_idx: int) -> dict:
         losses = self._step(batch, "train")
@@ -108,17 +215,14 @@ class PackedClassifier(L.LightningModule):
         self._step(batch, "val")
 
     def _log_split(self, split: str) -> None:
-        per_member = [
-            epoch_metrics(loss, metrics)
-            for loss, metrics in zip(getattr(self, f"{split}_losses"), getattr(self, f"{split}_metrics"))
-        ]
-        for k, values in enumerate(per_member):
-            for name, value in values.items():
-                self.log(f"{PREFIX.format(k)}{split}/{name}", value)
-        live = torch.stack([torch.isfinite(values["loss"]) for values in per_member])  # on the device: no sync
-        for name in per_member[0]:
-            values = torch.stack([v[name] for v in per_member])
-            self.log(f"{split}/{name}", torch.where(live, values, 0).sum() / live.sum().clamp(min=1))
+        metrics = getattr(self, f"{split}_metrics")
+        values = metrics.compute()  # each (K,)
+        metrics.reset()
+        live = torch.isfinite(values["loss"])  # on the device: no sync
+        for name, value in values.items():
+            for k in range(self.size):
+                self.log(f"{PREFIX.format(k)}{split}/{name}", value[k])
+            self.log(f"{split}/{name}", torch.where(live, value, 0).sum() / live.sum().clamp(min=1))
 
     def on_train_epoch_end(self) -> None:
         self._log_split("train")

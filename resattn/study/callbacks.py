@@ -71,7 +71,9 @@ class DivergenceGuard(Callback):
         """Read the device state (one sync); raise :class:`Diverged` if every seed has diverged."""
         if self._first is None:
             return
-        for k, (step, loss) in enumerate(zip(self._first.tolist(), self._loss.tolist())):
+        steps, losses = torch.stack([self._first.double(), self._loss.double()]).tolist()  # one host read
+        for k, (step, loss) in enumerate(zip(steps, losses)):
+            step = int(step)
             if step >= 0 and k not in self.diverged:
                 self.diverged[k] = (step, (step - 1) // self._per_epoch, loss)
         if stop and len(self.diverged) == self._first.numel():
@@ -88,18 +90,20 @@ class DivergenceGuard(Callback):
 
 class StudyProgress(Callback):
     """Writes ``progress.json`` (epoch, fraction of the run, last losses) about 50 times a run, for the
-    runner's display; every executor reads the same file."""
+    runner's display; every executor reads the same file. No host read between epochs: the losses
+    are read from the device at each epoch's end (where the epoch's metrics are computed anyway),
+    the step is the trainer's counter."""
+
+    KEYS = ("train/loss", "val/err1")
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._every = 1
+        self._metrics: dict[str, float] = {}
 
     def write(self, trainer) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {
-            k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k in ("train/loss", "val/err1")
-        }
         write_json_atomic(
             self.path,
             {
@@ -107,14 +111,20 @@ class StudyProgress(Callback):
                 "max_epochs": trainer.max_epochs,
                 "step": trainer.global_step,
                 "fraction": trainer.global_step / max(1, trainer.estimated_stepping_batches),
-                **metrics,
+                **self._metrics,
             },
+        )
+
+    def _read_metrics(self, trainer) -> None:
+        self._metrics.update(
+            {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k in self.KEYS}
         )
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._every = max(1, int(trainer.estimated_stepping_batches) // 50)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._read_metrics(trainer)
         self.write(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
