@@ -39,10 +39,11 @@ class ResidualAttentionClassifier(L.LightningModule):
             keep those of the tested weights (``probe_results``, on the test split).
         channels_last: run the network in channels_last memory format (measured faster on this
             project's CPU machine: 81 vs 53 img/s for Attention-56, see README "Performance").
-        compile: ``torch.compile`` the network (in place; checkpoints keep their keys): ``true``
-            (inductor's default mode) or a mode: ``reduce-overhead`` (CUDA graphs: the launch-bound
-            step on a GPU replayed as one graph), ``max-autotune``. Its compilation happens in the
-            first steps.
+        compile: ``torch.compile`` the network when fitting starts (in place; checkpoints keep their
+            keys): ``true`` (inductor's default mode) or a mode: ``reduce-overhead`` (CUDA graphs:
+            the launch-bound step on a GPU replayed as one graph), ``max-autotune``. Its compilation
+            happens in the first steps. A model that is only tested or used runs uncompiled: one
+            pass over the test set does not repay a compilation (minutes on a CPU).
     """
 
     def __init__(
@@ -88,8 +89,6 @@ class ResidualAttentionClassifier(L.LightningModule):
         self.net = build_model(self.config)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if compile:
-            self.net.compile(**compile_options(compile))
         (
             (self.train_metrics, self.train_loss),
             (self.val_metrics, self.val_loss),
@@ -119,6 +118,10 @@ class ResidualAttentionClassifier(L.LightningModule):
         """Epoch metrics of a split (averaged over every device's batches), then a fresh start."""
         for name, value in epoch_metrics(getattr(self, f"{split}_loss"), self._metrics(split)).items():
             self.log(f"{split}/{name}", value)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.compile:
+            self.net.compile(**compile_options(self.hparams.compile))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -193,6 +193,10 @@ class PackedClassifier(L.LightningModule):
         self.net = PackedNetwork([m.net for m in members])
         self.size = len(members)
         self.train_metrics, self.val_metrics = (PackMetrics(self.size, self.member_hparams.num_classes) for _ in "tv")
+
+    def on_fit_start(self) -> None:
+        """The pack compiles as a run alone does (``model.compile``); its members, tested one by one
+        after training, run uncompiled."""
         if self.member_hparams.compile:
             self.net.compile(**compile_options(self.member_hparams.compile))
 
