@@ -225,16 +225,17 @@ def stage_device(check: Check, stage: dict) -> None:
         machine.update(gpu=props.name, capability=f"{props.major}.{props.minor}", memory_gib=props.total_memory / 2**30)
     for dtype in (torch.float32, torch.bfloat16):
         machine[f"{dtype}_matmul_tflops"] = tp.matmul_peak(device, dtype, check.sizes.matmul_n) / 1e12
-    check.save()
-    study = load_study(GOAL_STUDY)
+
+
+def variant_costs(width: float) -> dict[str, dict]:
+    """The depth and multiply-adds per image of each variant of the goal's study, at ``width``."""
+    study, costs = load_study(GOAL_STUDY), {}
     for levels in study.variants():
         settings = {k: v for f, lvl in zip(study.factors, levels) for k, v in f.levels[lvl].items()}
         model = {k.split(".", 1)[1]: v for k, v in settings.items() if k.startswith("model.")}
-        net = ResidualAttentionClassifier(**{**model, "width": check.sizes.width, "probes": False}).net
-        check.costs[study.variant_name(levels)] = {"depth": model["depth"], "macs": model_cost(net)["macs"]}
-    stage["notes"].append(
-        f"{GOAL_STUDY}: {len(check.costs)} variants, multiply-adds per image counted at width {check.sizes.width}"
-    )
+        net = ResidualAttentionClassifier(**{**model, "width": width, "probes": False}).net
+        costs[study.variant_name(levels)] = {"depth": model["depth"], "macs": model_cost(net)["macs"]}
+    return costs
 
 
 def bound(ratio: float) -> str:
@@ -353,7 +354,10 @@ def stage_study(check: Check, stage: dict) -> None:
             rc = process.wait()
         except StageTimeout:
             os.killpg(process.pid, signal.SIGTERM)  # the runner and its workers checkpoint and stop
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
             raise
     stage["returncode"], stage["wall_s"] = rc, time.monotonic() - start
     stage["output_tail"] = log.read_text().splitlines()[-15:]
@@ -385,22 +389,22 @@ STAGES = [  # most important first; the budgets sum to the default --budget
     Stage("plain", 30, "plain-loop img/s of Attention-56/92/164 at width 1.0, batch 64, eager", stage_plain),
     Stage(
         "packs",
-        60,
+        50,
         "Attention-92 packs of 1, 3, 5, 8 seeds against as many separate networks, peak memory",
         stage_packs,
     ),
     Stage(
-        "study", 90, "a 300-step gpu-profile study (2 variants x 2 seeds, packed) through studies/run.py", stage_study
+        "study", 120, "a 300-step gpu-profile study (2 variants x 2 seeds, packed) through studies/run.py", stage_study
     ),
     Stage(
         "compile",
-        120,
+        100,
         "compile default and reduce-overhead: a pack of 5, then Attention-92/56/164 plain",
         stage_compile,
     ),
     Stage("lightning", 40, "the study's Lightning step, single and packed, against the plain loop", stage_lightning),
     Stage(
-        "layout", 40, "channels_last against contiguous, cudnn.benchmark off and on (pack of 5, plain)", stage_layout
+        "layout", 35, "channels_last against contiguous, cudnn.benchmark off and on (pack of 5, plain)", stage_layout
     ),
 ]
 
@@ -423,8 +427,9 @@ def projection(check: Check) -> list[dict]:
     (goal time / projected time; 1 or more meets it). A variant's step time is the configuration's
     fastest at the nearest measured depth, scaled by the variant's multiply-adds; a pack of K
     trains ceil(5 / K) packs per variant."""
-    if not check.costs:
+    if not check.rows():
         return []
+    check.costs = check.costs or variant_costs(check.sizes.width)
     steps = {name: load_profile(name).settings["trainer.max_steps"] for name in ("gpu", "paper")}
     arl = {c["depth"]: c["macs"] for name, c in check.costs.items() if name.startswith("arl-")}
     measured: dict[tuple, dict[int, float]] = {}
