@@ -144,7 +144,17 @@ class Check:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def key(self, loop: str, depth: int, k: int = 1, precision: str = BF16, compile: str = "false", **extra) -> dict:
+    def key(
+        self,
+        loop: str,
+        depth: int,
+        k: int = 1,
+        precision: str = BF16,
+        compile: str = "false",
+        layout: str = "channels_last",
+        cudnn_benchmark: bool = False,
+    ) -> dict:
+        """What a row measures; by default as the gpu profile trains (bf16-mixed, eager, channels_last)."""
         return dict(
             loop=loop,
             network=ModelConfig(depth=depth).name,
@@ -152,8 +162,8 @@ class Check:
             k=k,
             precision=precision,
             compile=compile,
-            layout=extra.get("layout", "channels_last"),
-            cudnn_benchmark=extra.get("cudnn_benchmark", False),
+            layout=layout,
+            cudnn_benchmark=cudnn_benchmark,
         )
 
     def rate(self, key: dict) -> Callable[[], dict]:
@@ -191,10 +201,12 @@ class Check:
         return run
 
     def row(self, stage: dict, loop: str, depth: int, **kw) -> dict:
+        """Measure the row of :meth:`key` ``(loop, depth, **kw)`` into ``stage``."""
         key = self.key(loop, depth, **kw)
         return self.measure(stage, self.rate(key), **key)
 
     def rows(self) -> list[dict]:
+        """Every row measured so far, of every stage."""
         return [r for stage in self.report["stages"] for r in stage.get("rows", []) if r.get("img_s")]
 
     def find(self, **key) -> dict | None:
@@ -212,6 +224,7 @@ class Check:
 
 # -- the stages ---------------------------------------------------------------------------------
 def stage_device(check: Check, stage: dict) -> None:
+    """The machine: device, versions, fp32 and bf16 matmul peak."""
     device, machine = check.device, check.report["machine"]
     machine.update(
         device=describe_device(device),
@@ -223,8 +236,8 @@ def stage_device(check: Check, stage: dict) -> None:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         machine.update(gpu=props.name, capability=f"{props.major}.{props.minor}", memory_gib=props.total_memory / 2**30)
-    for dtype in (torch.float32, torch.bfloat16):
-        machine[f"{dtype}_matmul_tflops"] = tp.matmul_peak(device, dtype, check.sizes.matmul_n) / 1e12
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        machine[f"{name}_matmul_tflops"] = tp.matmul_peak(device, dtype, check.sizes.matmul_n) / 1e12
 
 
 def variant_costs(width: float) -> dict[str, dict]:
@@ -248,6 +261,7 @@ def bound(ratio: float) -> str:
 
 
 def stage_precision(check: Check, stage: dict) -> None:
+    """fp32 against bf16 for one network and one pack, with what the ratio says."""
     s = check.sizes
     for loop, k in (("plain", 1), ("packed", s.k)):
         rows = {p: check.row(stage, loop, s.depth, k=k, precision=p) for p in (FP32, BF16)}
@@ -257,11 +271,13 @@ def stage_precision(check: Check, stage: dict) -> None:
 
 
 def stage_plain(check: Check, stage: dict) -> None:
+    """The plain loop, eager, for each network."""
     for depth in check.sizes.depths:
         check.row(stage, "plain", depth)
 
 
 def stage_packs(check: Check, stage: dict) -> None:
+    """Each pack size against as many separate networks stepping in turn."""
     s = check.sizes
     for k in s.packs:
         separate = check.row(stage, "separate", s.depth, k=k)
@@ -271,6 +287,8 @@ def stage_packs(check: Check, stage: dict) -> None:
 
 
 def stage_compile(check: Check, stage: dict) -> None:
+    """Compiled packs and networks (the study's pack and the single-run goal's network first), each
+    against its eager rate where one was measured."""
     s = check.sizes
     plan = [("packed", s.depth, s.k, "true"), ("plain", s.depth, 1, "reduce-overhead")]  # the study's, the run's
     plan += [("packed", s.depth, s.k, "reduce-overhead"), ("plain", s.depth, 1, "true")]
@@ -286,6 +304,7 @@ def stage_compile(check: Check, stage: dict) -> None:
 
 
 def stage_lightning(check: Check, stage: dict) -> None:
+    """Trainer.fit of one network and of the study's packed step, each against its plain loop."""
     s = check.sizes
     for loop, light, k in (("plain", "lightning", 1), ("packed", "lightning-packed", s.k)):
         ours = check.row(stage, loop, s.depth, k=k)
@@ -295,6 +314,7 @@ def stage_lightning(check: Check, stage: dict) -> None:
 
 
 def stage_layout(check: Check, stage: dict) -> None:
+    """Memory layout and cudnn.benchmark for a pack and one network, and the fastest of each."""
     s = check.sizes
     for loop, k in (("packed", s.k), ("plain", 1)):
         for layout in ("channels_last", "contiguous"):
@@ -335,6 +355,7 @@ def study_command(check: Check, folder: Path) -> list[str]:
         sets["trainer.accelerator"] = "cpu"
     command = [sys.executable, str(ROOT / "studies" / "run.py"), str(path), "--profile", "gpu"]
     command += ["--seeds", str(s.study_seeds), "--pack", str(s.study_seeds), "--jobs", "1", "--wandb", "offline"]
+    command += ["--force"]  # train again in a folder of an earlier check (its results go to each run's attic/)
     command += ["--runs-dir", str(folder / "runs"), "--reports-dir", str(folder / "reports")]
     for key, value in sets.items():
         command += ["--set", f"{key}={value}"]
@@ -342,6 +363,8 @@ def study_command(check: Check, folder: Path) -> list[str]:
 
 
 def stage_study(check: Check, stage: dict) -> None:
+    """The study of :func:`study_command` in its own process (stopped, with its workers, at the
+    budget); its results and report checked."""
     folder = check.out / "study"
     folder.mkdir(exist_ok=True)
     command = study_command(check, folder)
@@ -480,8 +503,8 @@ def markdown(check: Check) -> str:
     lines += [
         "",
         f"Machine: {m.get('device', '?')}; torch {m.get('torch', '?')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}; "
-        f"measured matmul peak fp32 {fmt(m.get('torch.float32_matmul_tflops'), '.3g')} TFLOP/s, bf16 "
-        f"{fmt(m.get('torch.bfloat16_matmul_tflops'), '.3g')} TFLOP/s.",
+        f"measured matmul peak fp32 {fmt(m.get('fp32_matmul_tflops'), '.3g')} TFLOP/s, bf16 "
+        f"{fmt(m.get('bf16_matmul_tflops'), '.3g')} TFLOP/s.",
         f"Width {rep['sizes']['width']}, batch {rep['sizes']['batch']} per seed, {rep['sizes']['steps']} timed steps "
         f"after {rep['sizes']['warmup']} warm-up steps; compile backend {rep['compile_backend']}; img/s over all "
         "seeds of a pack; overall budget {:.0f} s.".format(rep["budget_s"]),
@@ -503,9 +526,10 @@ def markdown(check: Check) -> str:
                 "|---|---|---|---|---|---|---|",
             ]
             for r in st["rows"]:
+                unfinished = "" if r.get("img_s") else "not finished: the budget ran out"
                 lines.append(
                     f"| {label(r)} | {r['network']} | {fmt(r.get('img_s'))} | {fmt(r.get('ms_step'), '.2f')} | "
-                    f"{fmt(r.get('warmup_s'))} | {fmt(r.get('peak_gib'), '.2f')} | {r['error'] or ''} |"
+                    f"{fmt(r.get('warmup_s'))} | {fmt(r.get('peak_gib'), '.2f')} | {r['error'] or unfinished} |"
                 )
         lines += [f"- {note}" for note in st["notes"]]
     lines += [
