@@ -177,7 +177,9 @@ class RunHistory(Callback):
     def _stop_clock(self, trainer) -> None:
         if self._epoch_start is None:
             return
-        if trainer.current_epoch > 0 or trainer.max_epochs == 1:  # the first epoch is warm-up
+        # the first epoch is warm-up, unless the run has no other
+        only = trainer.max_epochs == 1 or 0 < trainer.max_steps <= trainer.num_training_batches
+        if trainer.current_epoch > 0 or only:
             self.train_time += time.perf_counter() - self._epoch_start
             # every device trains its own batch of batch_size images per step
             self.train_images += self._batches * trainer.datamodule.hparams.batch_size * trainer.world_size
