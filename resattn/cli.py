@@ -11,11 +11,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from resattn.data import CIFARDataModule
 from resattn.module import ResidualAttentionClassifier
+from resattn.study.spec import check_config
 
 CLASSES = {"model": ResidualAttentionClassifier, "data": CIFARDataModule}
 
@@ -37,6 +39,11 @@ class ResAttnCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file.")
         self.datamodule.verify()  # missing or corrupt data (or a failed download): one line, before training
         type(self).started = True
+
+    def before_instantiate_classes(self) -> None:
+        """Every value within its declared range (``resattn.config`` / ``resattn.study.spec``), in
+        one line naming the setting, before any class is built."""
+        check_config((self.config[self.subcommand] if self.subcommand else self.config).as_dict())
 
     def before_fit(self) -> None:
         self._start()
@@ -73,15 +80,15 @@ def cli_main(args: list[str] | None = None) -> ResAttnCLI:
             ResidualAttentionClassifier,
             CIFARDataModule,
             args=args,
-            parser_kwargs={"prog": "python -m resattn"},
+            parser_kwargs={"prog": "python -m resattn", "exit_on_error": False},
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"num_sanity_val_steps": 0},
             auto_configure_optimizers=False,
         )
-    except (ValueError, OSError, MisconfigurationException) as err:
+    except (ValueError, OSError, MisconfigurationException, ArgumentError) as err:
         if ResAttnCLI.started:  # an error while training is no bad input: its traceback matters
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from err
 
 

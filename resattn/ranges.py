@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+PLAIN = (str, int, float, bool, list, tuple, type(None))  # what a YAML file or command line can give
+
+
 class SettingError(ValueError):
     """A value outside its setting's declared range: ``name=value: allowed: ...``."""
 
@@ -131,14 +134,15 @@ class Items:
 @dataclass(frozen=True)
 class ClassPath:
     """A class given as ``{class_path: ..., init_args: ...}`` (or a list of them), as LightningCLI
-    config files give callbacks, loggers and plugins; what the class accepts is the full parse's."""
+    config files give callbacks, loggers and plugins, or objects given from Python (a study worker's
+    callbacks); what the class accepts is the full parse's."""
 
     what: str
 
     def takes(self, value) -> bool:
         values = value if isinstance(value, list) else [value]
         return bool(values) and all(
-            isinstance(getattr(v, "class_path", None) or (isinstance(v, Mapping) and v.get("class_path")), str)
+            isinstance(v.get("class_path"), str) if isinstance(v, Mapping) else not isinstance(v, PLAIN)
             for v in values
         )
 

@@ -32,7 +32,7 @@ from resattn.study.executors import (
     check_slurm,
 )
 from resattn.study.preflight import check_folder
-from resattn.study.spec import Study, expand, load_profile, load_study, plural
+from resattn.study.spec import Study, check_runs, expand, load_profile, load_study, plural
 from resattn.study.store import (
     EXIT_BUSY,
     EXIT_INTERRUPTED,
@@ -296,6 +296,7 @@ def run_study(
     study = load_study(study_name)
     prof = load_profile(profile)
     wandb_mode = wandb_runs.decide_mode(wandb)
+    check_runs(expand(study, prof, seeds, overrides))  # every value against its declared range, before torch
     from resattn.study import preflight  # torch: only once the cheap checks passed
 
     precision = preflight.default_precision(expand(study, prof, seeds, overrides))
