@@ -15,7 +15,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-
 PLAIN = (str, int, float, bool, list, tuple, type(None))  # what a YAML file or command line can give
 
 
@@ -142,8 +141,7 @@ class ClassPath:
     def takes(self, value) -> bool:
         values = value if isinstance(value, list) else [value]
         return bool(values) and all(
-            isinstance(v.get("class_path"), str) if isinstance(v, Mapping) else not isinstance(v, PLAIN)
-            for v in values
+            isinstance(v.get("class_path"), str) if isinstance(v, Mapping) else not isinstance(v, PLAIN) for v in values
         )
 
     def text(self) -> str:

@@ -41,7 +41,7 @@ from resattn.ranges import (
     check_values,
     setting,
 )
-from resattn.study.store import SECTIONS, RunSpec, is_identity
+from resattn.study.store import SECTIONS, SEEDS, RunSpec, is_identity
 
 ABLATIONS = Path(str(files("resattn.ablations")))
 PROFILES = "profiles"  # ablations/profiles.yaml
@@ -544,8 +544,16 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` settings (``model.*``, ``data.*``, ``trainer.*``)."""
-    return check_settings(parse_pairs(items, "--set"), "--set", "")
+    """``--set KEY=VALUE`` settings (``model.*``, ``data.*``, ``trainer.*``), but the seeds, which each run
+    sets from its own seed."""
+    settings = check_settings(parse_pairs(items, "--set"), "--set", "")
+    seeded = sorted(set(settings) & set(SEEDS))
+    if seeded:
+        raise ValueError(
+            f"--set {seeded[0]}={settings[seeded[0]]!r}: each run sets it from its seed (0, 1, ...); choose how "
+            "many with --seeds."
+        )
+    return settings
 
 
 def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -612,7 +620,7 @@ def expand(
         dataset = settings.get("data.dataset", DEFAULT_DATASET)
         if profile.synthetic and dataset in NUM_CLASSES and "data.dataset" not in overrides:
             settings["data.dataset"] = "synthetic"
-            settings["data.synthetic_classes"] = NUM_CLASSES[dataset]
+            settings["data.synthetic_classes"] = overrides.get("data.synthetic_classes", NUM_CLASSES[dataset])
             if "data.dataset" in factor_settings:
                 factor_settings.add("data.synthetic_classes")
         reduced_here = {**reduced, **{k: f"{v} (command line)" for k, v in changed.items() if is_identity(k)}}
