@@ -205,11 +205,16 @@ def available_studies(root: Path = ABLATIONS) -> list[str]:
 
 
 def study_path(name: str, root: Path = ABLATIONS) -> Path:
-    """``root/<name>.yaml`` for a study name, or the file itself for a path to a YAML file."""
+    """``root/<name>.yaml`` for a study name, or the file itself for a path to a YAML file (a
+    folder, or a missing file named like a shipped study, is answered with what was meant)."""
     if name.endswith((".yaml", ".yml")) or "/" in name:
         path = Path(name).expanduser()
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not a study YAML file; give a study name or a .yaml file's path.")
         if not path.is_file():
-            raise ValueError(f"study file {path} does not exist.")
+            shipped = path.stem if path.stem in available_studies(root) else None
+            hint = f"; did you mean the shipped study {shipped} (give its name)?" if shipped else "."
+            raise ValueError(f"study file {path} does not exist{hint}")
         return path.resolve()
     path = root / f"{name}.yaml"
     if name == PROFILES or not path.is_file():
@@ -220,9 +225,31 @@ def study_path(name: str, root: Path = ABLATIONS) -> Path:
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping key given twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> Any:
+    """A YAML file's content; a malformed file, a key given twice or a file that is not UTF-8 text is
+    a ValueError naming the file (and the line)."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a UTF-8 text file (byte {err.object[err.start]:#04x} at offset {err.start}); a study "
+            "or profile is YAML text."
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -316,6 +343,12 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     """Read and validate ``ablations/<name>.yaml``, or a study YAML given by its path."""
     path = study_path(name, root)
     name = path.stem
+    shipped = root / path.name
+    if name in available_studies(root) and not (shipped.is_file() and shipped.samefile(path)):
+        raise ValueError(
+            f"study file {path}: has the name of the shipped study {name} ({shipped}), whose runs and reports "
+            f"lie in runs/{name}/ and reports/{name}/; rename the file (e.g. my_{name}.yaml)."
+        )
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(path, "<top level>", "a mapping with keys title, factors, reference, paper")
@@ -331,6 +364,9 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     for fname, spec in raw["factors"].items():
         setting = FACTOR_SETTINGS.get(fname, f"model.{fname}")
         if isinstance(spec, list) and spec:
+            twice = sorted({str(v) for v in spec if [str(w) for w in spec].count(str(v)) > 1})
+            if twice:
+                raise SpecError(path, f"factors.{fname}", f"distinct levels, not {twice[0]} twice")
             levels = {str(v): {setting: v} for v in spec}
         elif isinstance(spec, dict) and spec:
             levels = {str(k): check_settings(v, path, f"factors.{fname}.{k}") for k, v in spec.items()}
@@ -391,6 +427,8 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
         notes=" ".join(str(raw.get("notes") or "").split()),
     )
     variants = [study.variant_name(v) for v in study.variants()]
+    if not variants:
+        raise SpecError(path, "exclude", "to leave at least one variant; it removes every variant")
     for name in response:
         if str(name) not in variants:
             raise SpecError(path, f"paper_response.{name}", f"a variant of this study ({', '.join(variants)})")

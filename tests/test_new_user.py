@@ -1,0 +1,63 @@
+"""The defects a new user found on a fresh clone (issue #20), each reproduced: study files that
+are refused whole, with the file named; no torch and no training here (the fast tier)."""
+
+from pathlib import Path
+
+import pytest
+
+from resattn.study.spec import ABLATIONS, load_study
+
+MINIMAL = "title: t\nfactors:\n  depth: [56, 92]\nreference: {depth: '56'}\n"
+
+
+def _study(tmp_path: Path, text: str, name: str = "mine.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (MINIMAL + "exclude: [{depth: ['56', '92']}]\n", ["exclude", "removes every variant"]),  # defect 1
+        ("title: t\nfactors:\n  depth: [56, 56]\nreference: {depth: '56'}\n", ["factors.depth", "56", "twice"]),
+        ("title: t\nfactors:\n  depth: [56, '56']\nreference: {depth: '56'}\n", ["factors.depth", "56", "twice"]),
+        (MINIMAL + "title: again\n", ["line 5", "title", "given twice"]),  # defect 6: a key given twice
+    ],
+)
+def test_a_malformed_study_is_refused_naming_the_file_and_key(tmp_path, text, words):
+    path = _study(tmp_path, text)
+    with pytest.raises(ValueError) as err:
+        load_study(str(path))
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_a_study_file_named_like_a_shipped_study_is_refused(tmp_path):
+    """Defect 3: it would train into runs/ARL_vs_NAL/ and overwrite reports/ARL_vs_NAL/."""
+    path = _study(tmp_path, (ABLATIONS / "ARL_vs_NAL.yaml").read_text(), "ARL_vs_NAL.yaml")
+    with pytest.raises(ValueError, match="shipped study ARL_vs_NAL.*rename"):
+        load_study(str(path))
+    assert load_study(str(ABLATIONS / "ARL_vs_NAL.yaml")).name == "ARL_vs_NAL"  # the shipped file by its path
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(MINIMAL.replace("t\n", "caf\xe9\n", 1).encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{path}: not a UTF-8 text file"):
+        load_study(str(path))
+
+
+def test_a_folder_is_no_study_file(tmp_path):
+    (tmp_path / "x.yaml").mkdir()
+    for name in (str(tmp_path / "x.yaml"), str(tmp_path) + "/"):
+        with pytest.raises(ValueError, match="is a folder, not a study YAML file"):
+            load_study(name)
+
+
+def test_a_missing_file_named_like_a_shipped_study_suggests_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="does not exist; did you mean the shipped study ARL_vs_NAL"):
+        load_study("ARL_vs_NAL.yaml")
