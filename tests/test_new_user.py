@@ -61,3 +61,53 @@ def test_a_missing_file_named_like_a_shipped_study_suggests_it(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="does not exist; did you mean the shipped study ARL_vs_NAL"):
         load_study("ARL_vs_NAL.yaml")
+
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    from tests.test_cli import _in_process
+
+    return _in_process(capsys, *args)
+
+
+def _smoke_config(tmp_path: Path) -> Path:
+    config = tmp_path / "run" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "model: {width: 0.125}\ndata: {dataset: synthetic, synthetic_size: [32, 16]}\n"
+        f"trainer: {{max_epochs: 1, default_root_dir: {tmp_path / 'logs'}}}\n"
+    )
+    return config
+
+
+def test_test_without_a_checkpoint_is_refused(tmp_path, capsys):
+    """Defect 5: it tested freshly initialised weights and exited 0."""
+    code, err = _cli(capsys, "test", "--config", str(_smoke_config(tmp_path)))
+    lines = [line for line in err.strip().splitlines() if "eed set to" not in line]  # Lightning's seed note
+    assert code == 2 and "--ckpt_path" in err and len(lines) == 1, err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_result_json_given_as_config_is_one_line(tmp_path, capsys):
+    """Defect 9: an AttributeError traceback."""
+    result = tmp_path / "result.json"
+    result.write_text('{"run_id": "x", "config": {"model": {}}, "status": "finished"}')
+    code, err = _cli(capsys, "fit", "--config", str(result))
+    assert code == 2 and str(result) in err and "config.yaml" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["fit", "--config", "missing.yaml"], ["missing.yaml"]),
+        (["fit", "--model.normalization", "SPATIAL"], ["model.normalization", "SPATIAL"]),
+        (["fit", "--model.widht", "1"], ["--model.widht"]),
+        (["summry"], ["summary", "study", "masks"]),
+    ],
+)
+def test_single_run_errors_are_one_line_without_the_usage(tmp_path, capsys, monkeypatch, args, words):
+    """Defect 9: an 80-line usage dump came before the error; `summry` listed only fit/validate/test."""
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "usage" not in err, err
+    for word in words:
+        assert word in err
