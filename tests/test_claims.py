@@ -129,3 +129,14 @@ def test_a_cut_down_configuration_alone_is_shown_with_its_cuts_and_runs(tmp_path
     line = next(line for line in md.read_text().splitlines() if line.startswith("| The hourglass mask"))
     assert cut[0].configuration in line and "5 of 6 runs" in line
     assert "trainer.max_epochs=1" in line and "data.train_size=2000" in line
+
+
+def test_a_rebuilt_report_leaves_no_stale_files(tmp_path):
+    """Issue #20 defect 4: files of another table (delta.png, claims.csv) stayed beside a rebuilt report."""
+    folder = tmp_path / "reports" / "mask_structure" / "quick"
+    folder.mkdir(parents=True)
+    (folder / "delta.png").write_bytes(b"of another table")
+    (folder / "claims.csv").write_text("claim\nold\n")
+    written = build_report(load_study("mask_structure"), _mask_structure_results("quick", 2), folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in written)
+    assert "delta.png" not in {p.name for p in written} and (folder / "claims.csv").read_text() != "claim\nold\n"
