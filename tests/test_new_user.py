@@ -111,3 +111,34 @@ def test_single_run_errors_are_one_line_without_the_usage(tmp_path, capsys, monk
     assert code == 2 and len(err.strip().splitlines()) == 1 and "usage" not in err, err
     for word in words:
         assert word in err
+
+
+def test_a_resumed_study_counts_its_progress_and_eta_from_what_is_left():
+    """Poor case: after a resume the ETA said 12 s for 6.5 minutes of work, the study started at 100%."""
+    import io
+
+    from resattn.study.runner import Progress
+
+    progress = Progress("s", {"a": 1.0, "b": 1.0}, io.StringIO())
+    progress.update("a", 0.9)  # resumed from a checkpoint at 90%: nothing done by this invocation yet
+    progress.update("b", 0.9)
+    assert progress.finished() == pytest.approx(0.0)
+    progress.start -= 60  # a minute later, both runs have trained half of what was left
+    progress.update("a", 0.95)
+    progress.update("b", 0.95)
+    assert progress.finished() == pytest.approx(0.5)
+    assert progress.eta().startswith("50% | elapsed 1m00s | ETA 1m00s"), progress.eta()
+
+
+def test_a_real_run_with_a_negative_learning_rate_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Defect 2: it trained, two worker tracebacks, a run folder and two W&B runs; .nan was accepted."""
+    from resattn.commands import study_main
+
+    for value in ("-0.1", ".nan"):
+        code = study_main(
+            ["mask_structure", "--profile", "smoke", "--set", f"model.lr={value}", "--wandb", "offline"]
+            + ["--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and "model.lr=" in err and "a number > 0" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
