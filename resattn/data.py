@@ -75,6 +75,11 @@ def load_cifar(data_dir: str | Path, dataset: str, train: bool, download: bool =
     An existing folder is read as is: the per-file md5 sums are not insisted on, so short or
     re-packed batches in the official pickle format load too.
     """
+    if Path(data_dir).expanduser().is_file():
+        raise FileNotFoundError(
+            f"{dataset}: the data folder {data_dir} is a file, not a folder; point --data_dir (a single run: "
+            f"--data.data_dir) at the folder that holds (or is to receive) {CIFAR[dataset][0].base_folder}."
+        )
     folder = cifar_folder(data_dir, dataset)
     if folder is None and download:
         try:
