@@ -136,7 +136,7 @@ def _response(claim: Claim, study: Study, results: list[RunResult]) -> list[dict
         runs = [r for r in results if r.variant == name]
         for stage in claim.stages:
             values = [r.probe[f"stage{stage}_rel"] for r in runs if f"stage{stage}_rel" in r.probe]
-            v = level(values)
+            v = level(values, floor=0.0)  # a mean |response| ratio is >= 0
             paper = study.paper_response.get(name, [])
             rows.append(
                 {

@@ -186,14 +186,16 @@ def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle:
 
 
 def _probe_curve(results: list[RunResult], name: str, keys: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean over seeds and 95% CI half-width of the probe values ``keys`` of a variant."""
+    """Mean over seeds of the probe values ``keys`` of a variant (each >= 0) and the distances from
+    it to the ends of its 95% CI, the low end at 0 at most (errorbar's ``yerr``), and the seeds."""
     values = np.array(
         [[r.probe[k] for k in keys] for r in results if r.variant == name and all(k in r.probe for k in keys)]
     )
     if not len(values):
         return np.array([]), np.array([]), 0
-    half = np.array([np.subtract(*confidence_interval(values[:, j])[::-1]) / 2 for j in range(values.shape[1])])
-    return values.mean(0), half, len(values)
+    mean = values.mean(0)
+    ends = np.array([confidence_interval(values[:, j], floor=0.0) for j in range(values.shape[1])]).T
+    return mean, np.abs(ends - mean), len(values)
 
 
 def relative_response(
@@ -219,9 +221,9 @@ def relative_response(
         )
         if not stages:
             continue
-        mean, half, n = _probe_curve(results, name, [f"stage{s}_rel" for s in stages])
+        mean, yerr, n = _probe_curve(results, name, [f"stage{s}_rel" for s in stages])
         style = {**styles[name], "color": colours[name]}
-        left.errorbar(stages, mean, yerr=np.nan_to_num(half) if n > 1 else None, marker="o", capsize=3, **style)
+        left.errorbar(stages, mean, yerr=np.nan_to_num(yerr) if n > 1 else None, marker="o", capsize=3, **style)
         if name in paper:
             left.plot(range(1, len(paper[name]) + 1), paper[name], ls=":", marker="x", color=style["color"], alpha=0.8)
         modules = sorted(
