@@ -36,10 +36,9 @@ def _dispatch(argv: list[str]) -> int | None:
         )
         return 2
     if command == "settings":
-        from resattn.ranges import markdown
-        from resattn.study.spec import SETTINGS
+        from resattn.study.spec import ranges_markdown
 
-        print(markdown(SETTINGS), end="")
+        print(ranges_markdown(), end="")
         return 0
     if command == "study":
         from resattn.commands import study_main

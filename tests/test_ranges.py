@@ -13,8 +13,7 @@ import pytest
 
 from resattn.cli import CLASSES
 from resattn.commands import study_main
-from resattn.ranges import markdown
-from resattn.study.spec import PRECISIONS, SETTINGS, load_study
+from resattn.study.spec import PRECISIONS, SETTINGS, load_study, ranges_markdown
 from tests.test_cli import _in_process
 from tests.test_preflight import _finished_run, _snapshot
 
@@ -43,7 +42,7 @@ def test_the_precisions_are_lightnings():
 
 def test_the_docs_list_the_declared_ranges():
     """docs/bad-input.md holds the table `python -m resattn settings` prints, generated from the declarations."""
-    assert markdown(SETTINGS) in (ROOT / "docs" / "bad-input.md").read_text()
+    assert ranges_markdown() in (ROOT / "docs" / "bad-input.md").read_text()
 
 
 def test_every_shipped_study_and_profile_is_within_the_ranges(capsys):

@@ -39,6 +39,7 @@ from resattn.ranges import (
     SettingError,
     Text,
     check_values,
+    markdown,
     setting,
 )
 from resattn.study.store import SECTIONS, SEEDS, RunSpec, is_identity
@@ -47,18 +48,26 @@ ABLATIONS = Path(str(files("resattn.ablations")))
 PROFILES = "profiles"  # ablations/profiles.yaml
 # Factor names that are not "model.<name>" settings.
 FACTOR_SETTINGS = {"dataset": "data.dataset", "label_noise": "data.label_noise"}
-STUDY_KEYS = {
-    "title",
-    "paper_table",
-    "dataset",
-    "settings",
-    "factors",
-    "exclude",
-    "reference",
-    "paper",
-    "paper_response",
-    "notes",
-    "claims",
+# What each field of a study YAML and of a profile may hold (checked by load_study / load_profile,
+# listed in docs/bad-input.md); settings within them are checked against SETTINGS.
+STUDY_FIELDS = {
+    "title": "text (required)",
+    "paper_table": "text",
+    "dataset": "one of cifar10, cifar100",
+    "settings": "a mapping of settings (section.name: value), each within its declared range",
+    "factors": "a non-empty mapping (required) of factor -> a list of distinct values, or named levels -> settings",
+    "exclude": "a list of {factor: level or [levels]} that leaves at least one variant",
+    "reference": "a mapping (required) of factor -> one of its levels",
+    "paper": "the paper's test error in percent, a number in [0, 100], nested by the factors' levels",
+    "paper_response": "a mapping of variant -> list of per-stage responses, each a number >= 0",
+    "notes": "text",
+    "claims": "a list of claims, {claim: text} with each, trend or response (see Claim in resattn/study/spec.py)",
+}
+PROFILE_FIELDS = {
+    "description": "text",
+    "synthetic": "true or false (true: the generated data set, with the study's class count)",
+    "seeds": "an integer >= 1",
+    "settings": "a mapping of settings (section.name: value), each within its declared range",
 }
 CLAIM_KINDS = ("each", "trend", "response")
 # How a study run departs from the single-run CLI's defaults (lowest priority: profiles and --set
@@ -134,6 +143,15 @@ TRAINER_SETTINGS: dict[str, Setting] = {
 # seed_everything is set per run from its seed.
 SETTINGS: dict[str, dict[str, Setting]] = {"model": MODEL_SETTINGS, "data": DATA_SETTINGS, "trainer": TRAINER_SETTINGS}
 SEED_SETTING = setting(Number(integer=True, ge=0), BOOL, NONE)
+
+
+def ranges_markdown() -> str:
+    """Every declared range (settings, study YAML fields, profile fields) as markdown tables: the
+    listing of docs/bad-input.md and ``python -m resattn settings``."""
+    text = markdown(SETTINGS)
+    for title, fields in (("study YAML field", STUDY_FIELDS), ("profile field", PROFILE_FIELDS)):
+        text += f"\n| {title} | allowed |\n|---|---|\n" + "".join(f"| `{k}` | {v} |\n" for k, v in fields.items())
+    return text
 
 
 def check_config(config: dict) -> None:
@@ -352,9 +370,9 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(path, "<top level>", "a mapping with keys title, factors, reference, paper")
-    unknown = set(raw) - STUDY_KEYS
+    unknown = set(raw) - set(STUDY_FIELDS)
     if unknown:
-        raise SpecError(path, sorted(unknown)[0], f"one of {', '.join(sorted(STUDY_KEYS))}")
+        raise SpecError(path, sorted(unknown)[0], f"one of {', '.join(STUDY_FIELDS)}")
     for key in ("title", "factors", "reference"):
         if key not in raw:
             raise SpecError(path, key, "to be present")
@@ -388,8 +406,8 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     def walk(node: Any, prefix: tuple[str, ...], key: str) -> None:
         depth = len(prefix)
         if depth == len(factors):
-            if not isinstance(node, (int, float)):
-                raise SpecError(path, key, "a number (test error in percent)")
+            if isinstance(node, bool) or not isinstance(node, (int, float)) or not 0 <= node <= 100:
+                raise SpecError(path, key, "a number in [0, 100] (test error in percent)")
             paper[prefix] = float(node)
             return
         if not isinstance(node, dict):
@@ -409,9 +427,10 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
         raise SpecError(path, "dataset", f"one of {', '.join(NUM_CLASSES)}")
     response = raw.get("paper_response") or {}
     if not isinstance(response, dict) or not all(
-        isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in response.values()
+        isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v)
+        for v in response.values()
     ):
-        raise SpecError(path, "paper_response", "a mapping of variant -> list of per-stage numbers")
+        raise SpecError(path, "paper_response", STUDY_FIELDS["paper_response"])
     study = Study(
         name=name,
         path=path,
@@ -545,15 +564,20 @@ def load_profile(name: str, root: Path = ABLATIONS) -> Profile:
             f"(defined in {path})."
         )
     raw = profiles[name]
+    if not isinstance(raw, dict) or set(raw) - set(PROFILE_FIELDS):
+        bad = "" if not isinstance(raw, dict) else f".{sorted(set(raw) - set(PROFILE_FIELDS))[0]}"
+        raise SpecError(path, f"{name}{bad}", f"a mapping with {', '.join(PROFILE_FIELDS)}")
     seeds = raw.get("seeds", 1)
-    if not isinstance(seeds, int) or seeds < 1:
-        raise SpecError(path, f"{name}.seeds", "an integer >= 1")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise SpecError(path, f"{name}.seeds", PROFILE_FIELDS["seeds"])
+    if not isinstance(raw.get("synthetic", False), bool):
+        raise SpecError(path, f"{name}.synthetic", PROFILE_FIELDS["synthetic"])
     return Profile(
         name,
         str(raw.get("description", "")),
         seeds,
         check_settings(raw.get("settings") or {}, path, f"{name}.settings"),
-        bool(raw.get("synthetic")),
+        raw.get("synthetic", False),
     )
 
 
