@@ -288,13 +288,15 @@ def model_card(model: TrainedModel) -> str:
 
 
 def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str], out: Path, channels: int = 0):
-    """Paper Fig. 1 for any images: each image (resized as the network sees it) and, as heat maps over
-    it, the soft mask of the first module of each stage, mean over channels, then optionally the
-    ``channels`` channels of highest spatial variance. One row per image."""
+    """Paper Fig. 1 for any images: each image (resized as the network sees it) and, beside it, the
+    soft mask of the first module of each stage, mean over channels, then optionally the
+    ``channels`` channels of highest spatial variance. One row per image; every map on one colour
+    scale, printed: [0, 1] for a sigmoid's masks (mixed, spatial), the range of all maps for channel
+    attention's (f2), so that a near-constant mask looks constant."""
     import matplotlib.pyplot as plt
 
     from resattn.probes import mask_outputs
-    from resattn.report.plots import _save, mask_overlay
+    from resattn.report.plots import _save, mask_image
 
     shown, x = model.preprocess(images)
     masks = mask_outputs(model.net, x)
@@ -306,6 +308,7 @@ def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str
         )
     cols = 1 + len(firsts) * (1 + channels)
     fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols + 0.8, 2.1 * len(images) + 0.9), squeeze=False)
+    maps = []  # (axes, mask view), drawn once the common scale is known
     for row, (image, original, name) in enumerate(zip(shown, images, names)):
         picture = image.permute(1, 2, 0).numpy()
         ax = axes[row, 0]
@@ -322,19 +325,25 @@ def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str
             order = m.flatten(1).var(1).argsort(descending=True)[:channels]
             views += [(f"channel {int(c)}", m[c]) for c in order]
             for label, view in views:
-                v = view.numpy()
-                im = mask_overlay(axes[row, col], picture, v, float(v.min()), float(v.max()))
+                maps.append((axes[row, col], view.numpy()))
                 axes[row, col].set_title(f"stage {module[1]} ({module}): {label}", fontsize=7)
-                fig.colorbar(im, ax=axes[row, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
                 col += 1
+    low, high = min(float(v.min()) for _, v in maps), max(float(v.max()) for _, v in maps)
+    if model.config.normalization != "channel":  # a sigmoid's values: its whole range, [0, 1]
+        low, high = 0.0, 1.0
+    im = None
+    for ax, v in maps:
+        im = mask_image(ax, v, low, high)
     card = model.card
     source = f"{card.get('study')}/{card.get('run_id')}" if card.get("run_id") else card.get("checkpoint", "")
     fig.suptitle(
-        f"Soft masks of {model.config.name} ({model.config.attention_learning}), {source}; each map on its own "
-        "colour scale",
+        f"Soft masks of {model.config.name} ({model.config.attention_learning}), {source}; every map on one colour "
+        f"scale, {low:.3g} to {high:.3g}",
         fontsize=9,
     )
-    return _save(fig, out)
+    fig.tight_layout(rect=(0, 0, 0.94, 1))  # the colour bar's room on the right
+    fig.colorbar(im, cax=fig.add_axes((0.95, 0.15, 0.012, 0.7)), label="mask value").ax.tick_params(labelsize=6)
+    return _save(fig, out, tight=False)
 
 
 def _check_out(path: Path, flag: str = "--out") -> None:

@@ -142,3 +142,28 @@ def test_a_real_run_with_a_negative_learning_rate_is_refused_before_anything_is_
         err = capsys.readouterr().err
         assert code == 2 and "model.lr=" in err and "a number > 0" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_error_png_puts_the_variants_compared_at_one_depth_side_by_side():
+    """Poor case: error.png put arl-N and nal-N far apart."""
+    from resattn.report.plots import side_by_side
+
+    groups = side_by_side(load_study("ARL_vs_NAL"))
+    assert groups[:2] == [["arl-56", "nal-56"], ["arl-92", "nal-92"]] and groups[-1] == [
+        "arl-164",
+        "nal-164",
+        "none-164",
+    ]
+    assert side_by_side(load_study("mask_structure")) == [["hourglass"], ["local_conv_matched"], ["local_conv"]]
+
+
+def test_curves_give_each_variant_its_colour_and_draw_one_epoch_runs_as_points(tmp_path):
+    """Poor case: 9 series in 4 colours, unreadable for 1-epoch runs."""
+    from resattn.report import plots
+    from tests.test_stats import _arl_vs_nal
+
+    study = load_study("ARL_vs_NAL")
+    results = _arl_vs_nal(lambda d, s: 1.0)
+    out = plots.learning_curves(results, plots.variant_styles(study), "t", tmp_path / "curves.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert len(set(plots.variant_colours(list(plots.variant_styles(study))).values())) == 9

@@ -126,7 +126,7 @@ def build_report(
     mask_files = {r.variant: RunDir.of(runs_dir, r).masks for r in shown} if runs_dir is not None else {}
     normalizations = {r.variant: r.config["model"].get("normalization", "mixed") for r in results}
     figures = [
-        plots.error_per_variant(df, subtitle, folder / "error.png"),
+        plots.error_per_variant(df, subtitle, folder / "error.png", plots.side_by_side(study)),
         plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
         plots.relative_response(finished, styles, study.paper_response, subtitle, folder / "response.png"),
         plots.mask_statistics(finished, order, normalizations, subtitle, folder / "mask_stats.png"),
