@@ -167,3 +167,12 @@ def test_curves_give_each_variant_its_colour_and_draw_one_epoch_runs_as_points(t
     out = plots.learning_curves(results, plots.variant_styles(study), "t", tmp_path / "curves.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert len(set(plots.variant_colours(list(plots.variant_styles(study))).values())) == 9
+
+
+def test_a_setting_given_twice_with_two_values_is_refused():
+    """Defect 6 on the command line: the last of two values won silently."""
+    from resattn.study.spec import parse_overrides
+
+    assert parse_overrides(["model.width=0.5", "model.width=0.5"]) == {"model.width": 0.5}
+    with pytest.raises(ValueError, match="model.width is given twice, 0.5 and 0.25"):
+        parse_overrides(["model.width=0.5", "model.width=0.25"])

@@ -593,15 +593,16 @@ def _yaml_value(text: str) -> Any:
 
 def parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
     """``KEY=VALUE`` strings of a repeatable command-line flag; values are read as YAML (numbers, lists, ...).
-    A key given twice is refused (which one was meant?)."""
+    A key given twice with two values is refused (which one was meant?)."""
     out = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. --set model.width=0.5")
         key, value = item.split("=", 1)
-        if key.strip() in out:
-            raise ValueError(f"{flag} {key.strip()} is given twice; give each setting once.")
-        out[key.strip()] = _yaml_value(value)
+        key, value = key.strip(), _yaml_value(value)
+        if key in out and out[key] != value:
+            raise ValueError(f"{flag} {key} is given twice, {out[key]!r} and {value!r}; give it once.")
+        out[key] = value
     return out
 
 
