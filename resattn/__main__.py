@@ -6,10 +6,13 @@
 - ``fit|validate|test [LightningCLI flags]``: train and evaluate one run;
 - ``masks RUN IMAGE... --out FILE.png``: a trained network's soft masks over your images;
 - ``predict RUN IMAGE...``: its top-5 classes for your images;
-- ``export RUN --out DIR``: its weights (safetensors), config and model card.
+- ``export RUN --out DIR``: its weights (safetensors), config and model card;
+- ``settings``: every setting's declared range, as a markdown table (docs/bad-input.md).
 """
 
 import sys
+
+COMMANDS = ("study", "report", "summary", "settings", "masks", "predict", "export", "fit", "validate", "test")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +26,20 @@ def _dispatch(argv: list[str]) -> int | None:
     if command in (None, "-h", "--help"):
         print(__doc__.replace("``", "`").strip() + "\n\nEach command takes --help.")
         return 0 if command else 2
+    if command not in COMMANDS and not command.startswith("-"):
+        from resattn.study.spec import suggest
+
+        print(
+            f"resattn: error: unknown command {command!r}{suggest(command, list(COMMANDS))}; commands: "
+            f"{', '.join(COMMANDS)} (see resattn --help)",
+            file=sys.stderr,
+        )
+        return 2
+    if command == "settings":
+        from resattn.study.spec import ranges_markdown
+
+        print(ranges_markdown(), end="")
+        return 0
     if command == "study":
         from resattn.commands import study_main
 

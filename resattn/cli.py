@@ -11,11 +11,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from resattn.data import CIFARDataModule
 from resattn.module import ResidualAttentionClassifier
+from resattn.study.spec import check_config
 
 CLASSES = {"model": ResidualAttentionClassifier, "data": CIFARDataModule}
 
@@ -37,6 +39,16 @@ class ResAttnCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file.")
         self.datamodule.verify()  # missing or corrupt data (or a failed download): one line, before training
         type(self).started = True
+
+    def before_instantiate_classes(self) -> None:
+        """Every value within its declared range (``resattn.config`` / ``resattn.study.spec``), in
+        one line naming the setting, before any class is built; ``test`` needs the weights to test."""
+        check_config((self.config[self.subcommand] if self.subcommand else self.config).as_dict())
+        if self.subcommand == "test" and not self.config.test.get("ckpt_path"):
+            raise ValueError(
+                "test needs --ckpt_path CHECKPOINT (e.g. runs/<study>/<run id>/checkpoints/last.ckpt): without it the "
+                "weights tested would be freshly initialised."
+            )
 
     def before_fit(self) -> None:
         self._start()
@@ -63,25 +75,51 @@ class ResAttnCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule)
 
 
+CONFIG_KEYS = {"seed_everything", "model", "data", "trainer", "ckpt_path", "config"}
+
+
+def check_config_files(args: list[str]) -> None:
+    """Each ``--config FILE`` of ``args`` that exists is a mapping of the CLI's sections (a study
+    run's ``config.yaml``), not, say, its ``result.json`` (the parser's own error is a traceback)."""
+    import yaml
+
+    files = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")]
+    files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for name in files:
+        path = Path(name)
+        try:
+            content = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ValueError(f"--config {name}: not a YAML file ({type(err).__name__}).") from None
+        extra = sorted(set(content) - CONFIG_KEYS) if isinstance(content, dict) else ["<not a mapping>"]
+        if extra:
+            raise ValueError(
+                f"--config {name}: not a run config (it has {', '.join(map(str, extra[:3]))}; a config has "
+                f"{', '.join(sorted(CONFIG_KEYS - {'config'}))}); a study run's is runs/<study>/<run id>/config.yaml."
+            )
+
+
 def cli_main(args: list[str] | None = None) -> ResAttnCLI:
     """Run ``fit`` (then test of the final weights), ``validate`` or ``test``; the resolved config is saved
     as ``config.yaml`` in the run's log dir. A setting a class rejects (``--model.depth 128`` with the
-    ImageNet family) or a missing file (``--ckpt_path``) ends with one line and exit code 2."""
+    ImageNet family), a missing file (``--ckpt_path``), ``test`` without ``--ckpt_path`` or a file that
+    is no run config (``--config result.json``) ends with one line and exit code 2."""
     ResAttnCLI.started = False
     try:
+        check_config_files(sys.argv[1:] if args is None else args)
         return ResAttnCLI(
             ResidualAttentionClassifier,
             CIFARDataModule,
             args=args,
-            parser_kwargs={"prog": "python -m resattn"},
+            parser_kwargs={"prog": "python -m resattn", "exit_on_error": False},
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"num_sanity_val_steps": 0},
             auto_configure_optimizers=False,
         )
-    except (ValueError, OSError, MisconfigurationException) as err:
+    except (ValueError, OSError, MisconfigurationException, ArgumentError) as err:
         if ResAttnCLI.started:  # an error while training is no bad input: its traceback matters
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from err
 
 

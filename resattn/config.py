@@ -6,21 +6,25 @@ The presets table is the single source of truth for the paper's layouts and para
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
-AttentionLearning = Literal["arl", "nal", "none"]
-MaskStructure = Literal["hourglass", "local_conv", "local_conv_matched"]
-Normalization = Literal["mixed", "channel", "spatial"]
-AttentionBlock = Literal["soft_mask", "se", "cbam", "eca"]
-Family = Literal["cifar", "imagenet"]
+from resattn.ranges import BOOL, NONE, Choice, Items, Number, Setting, SettingError, Text, check_values, setting
 
 ATTENTION_LEARNING = ("arl", "nal", "none")
 MASK_STRUCTURES = ("hourglass", "local_conv", "local_conv_matched")
 NORMALIZATIONS = ("mixed", "channel", "spatial")
 ATTENTION_BLOCKS = ("soft_mask", "se", "cbam", "eca")
 FAMILIES = ("cifar", "imagenet")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
+AttentionLearning = Literal[ATTENTION_LEARNING]
+MaskStructure = Literal[MASK_STRUCTURES]
+Normalization = Literal[NORMALIZATIONS]
+AttentionBlock = Literal[ATTENTION_BLOCKS]
+Family = Literal[FAMILIES]
+CompileMode = Literal[COMPILE_MODES]
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # the CIFAR data sets and their class counts
+DATASETS = (*NUM_CLASSES, "synthetic", "imagefolder")
 DEFAULT_DATASET = "cifar10"
 
 
@@ -51,11 +55,6 @@ PRESETS: dict[tuple[str, int], Preset] = {
 PAPER_RESNET_PARAMS: dict[tuple[str, int], float] = {("cifar", 164): 1.7}
 
 
-def _allowed(name: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}.")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """A Residual Attention Network, every switch of the paper.
@@ -79,25 +78,7 @@ class ModelConfig:
     preset: Preset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _allowed("family", self.family, FAMILIES)
-        _allowed("attention_learning", self.attention_learning, ATTENTION_LEARNING)
-        _allowed("mask_structure", self.mask_structure, MASK_STRUCTURES)
-        _allowed("normalization", self.normalization, NORMALIZATIONS)
-        _allowed("attention_block", self.attention_block, ATTENTION_BLOCKS)
-        depths = tuple(d for f, d in PRESETS if f == self.family)
-        if (self.family, self.depth) not in PRESETS:
-            raise ValueError(
-                f"depth={self.depth!r} has no {self.family} layout; allowed depths for {self.family}: "
-                f"{', '.join(map(str, depths))}."
-            )
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes={self.num_classes!r} must be an integer >= 2.")
-        if not isinstance(self.width, (int, float)) or not 0 < self.width <= 8:
-            raise ValueError(f"width={self.width!r} must be a number in (0, 8]; 1.0 gives the paper's widths.")
-        for name, low in (("p", 0), ("t", 1), ("r", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < low):
-                raise ValueError(f"{name}={value!r} must be an integer >= {low} (or None for the preset's value).")
+        check_network({f.name: getattr(self, f.name) for f in fields(self) if f.init})
         object.__setattr__(self, "preset", PRESETS[(self.family, self.depth)])
 
     @property
@@ -134,3 +115,76 @@ class ModelConfig:
         d = asdict(self)
         d.pop("preset")
         return d
+
+
+def _integer(**bounds) -> Number:
+    return Number(integer=True, **bounds)
+
+
+_FRACTION = Number(gt=0, lt=1)
+# The declared range of every model.* setting: the network's (ModelConfig's fields) and the
+# classifier's training settings (resattn.module.ResidualAttentionClassifier). One entry per
+# argument of the classifier; a test fails when an argument has none.
+MODEL_SETTINGS: dict[str, Setting] = {
+    "depth": setting(Choice(tuple(sorted({d for _, d in PRESETS})))),  # which ones: by family, PRESETS
+    "attention_learning": setting(Choice(ATTENTION_LEARNING)),
+    "mask_structure": setting(Choice(MASK_STRUCTURES)),
+    "normalization": setting(Choice(NORMALIZATIONS)),
+    "attention_block": setting(Choice(ATTENTION_BLOCKS)),
+    "family": setting(Choice(FAMILIES)),
+    "num_classes": setting(_integer(ge=2)),
+    "width": setting(Number(gt=0, le=8)),  # 1.0: the paper's widths
+    "p": setting(_integer(ge=0), NONE),  # None: the depth preset's value
+    "t": setting(_integer(ge=1), NONE),
+    "r": setting(_integer(ge=1), NONE),
+    "lr": setting(Number(gt=0)),
+    "momentum": setting(Number(ge=0, lt=1)),  # > 0 with nesterov (check_network)
+    "weight_decay": setting(Number(ge=0)),
+    "nesterov": setting(BOOL),
+    "lr_milestones": setting(Items(_FRACTION, increasing=True, min_length=0)),
+    "lr_gamma": setting(Number(gt=0, le=1)),
+    "probes": setting(BOOL),
+    "channels_last": setting(BOOL),
+    "compile": setting(BOOL, Choice(COMPILE_MODES)),
+}
+
+
+def check_network(values: dict, prefix: str = "") -> None:
+    """``values`` (model settings, e.g. ModelConfig's fields) within their declared ranges, and the
+    combinations: a depth the family has a layout for; Nesterov momentum with a momentum above 0
+    (torch's SGD refuses it only when training starts). ``prefix`` names the section (``model.``).
+
+    Raises:
+        SettingError: the first value or combination not allowed, in one line.
+    """
+    check_values(MODEL_SETTINGS, values, prefix)
+    family, depth = values.get("family", "cifar"), values.get("depth", 56)
+    if (family, depth) not in PRESETS:
+        depths = ", ".join(str(d) for f, d in PRESETS if f == family)
+        raise SettingError(
+            f"{prefix}depth={depth!r} has no {family} layout; allowed depths for {prefix}family={family}: {depths}."
+        )
+    if values.get("nesterov", True) and values.get("momentum", 0.9) == 0:
+        raise SettingError(
+            f"{prefix}momentum=0 with {prefix}nesterov=True is not allowed; allowed: a momentum > 0, or "
+            f"{prefix}nesterov=false."
+        )
+
+
+# The declared range of every data.* setting (the arguments of resattn.data.CIFARDataModule).
+DATA_SETTINGS: dict[str, Setting] = {
+    "dataset": setting(Choice(DATASETS)),
+    "data_dir": setting(Text("a folder path")),
+    "download": setting(BOOL),
+    "batch_size": setting(_integer(ge=1)),
+    "eval_batch_size": setting(_integer(ge=1)),
+    "label_noise": setting(Number(ge=0, lt=1)),  # the noise level 1 - r
+    "noise_seed": setting(_integer(ge=0)),
+    "seed": setting(_integer(ge=0)),
+    "train_size": setting(_integer(ge=1), NONE),  # None: the whole split; at most its size
+    "test_size": setting(_integer(ge=1), NONE),
+    "val_size": setting(_integer(ge=0)),  # 0: validate on the test split
+    "synthetic_size": setting(Items(_integer(ge=1), length=2)),  # (train, test)
+    "synthetic_classes": setting(_integer(ge=2)),
+    "num_workers": setting(_integer(ge=0)),
+}

@@ -20,9 +20,10 @@ import torch
 import torchvision
 from torchvision.datasets.utils import download_and_extract_archive
 
-from resattn.config import DEFAULT_DATASET, NUM_CLASSES
+from resattn.config import DATA_SETTINGS, DATASETS, DEFAULT_DATASET, NUM_CLASSES
+from resattn.ranges import check_values
 
-Dataset = Literal["cifar10", "cifar100", "synthetic", "imagefolder"]
+Dataset = Literal[DATASETS]
 
 # torchvision's dataset classes carry the official archive names, URLs and md5 sums.
 CIFAR = {
@@ -74,6 +75,11 @@ def load_cifar(data_dir: str | Path, dataset: str, train: bool, download: bool =
     An existing folder is read as is: the per-file md5 sums are not insisted on, so short or
     re-packed batches in the official pickle format load too.
     """
+    if Path(data_dir).expanduser().is_file():
+        raise FileNotFoundError(
+            f"{dataset}: the data folder {data_dir} is a file, not a folder; point --data_dir (a single run: "
+            f"--data.data_dir) at the folder that holds (or is to receive) {CIFAR[dataset][0].base_folder}."
+        )
     folder = cifar_folder(data_dir, dataset)
     if folder is None and download:
         try:
@@ -261,6 +267,8 @@ class CIFARDataModule(L.LightningDataModule):
     validation loop runs on the test split, for learning curves and probes only; nothing is
     selected on it. ``val_size > 0`` holds out that many training images instead.
 
+    Each argument's allowed values are declared in :data:`resattn.config.DATA_SETTINGS`.
+
     Args:
         dataset: ``cifar10``, ``cifar100``, ``synthetic`` or ``imagefolder`` (``data_dir/train``
             and ``data_dir/val`` in torchvision ImageFolder layout, ImageNet augmentation).
@@ -298,25 +306,7 @@ class CIFARDataModule(L.LightningDataModule):
         num_workers: int = 4,
     ) -> None:
         super().__init__()
-        if dataset not in ("cifar10", "cifar100", "synthetic", "imagefolder"):
-            raise ValueError(f"dataset={dataset!r}; allowed: 'cifar10', 'cifar100', 'synthetic', 'imagefolder'.")
-        if not 0.0 <= label_noise < 1.0:
-            raise ValueError(f"label_noise={label_noise!r} must be in [0, 1): it is the noise level 1 - r.")
-        sizes = {
-            "batch_size": batch_size,
-            "eval_batch_size": eval_batch_size,
-            "train_size": train_size,
-            "test_size": test_size,
-            "synthetic_classes": synthetic_classes,
-        }
-        for name, value in sizes.items():
-            if value is not None and value < (2 if name == "synthetic_classes" else 1):
-                raise ValueError(f"{name}={value!r} must be at least {2 if name == 'synthetic_classes' else 1}.")
-        if val_size < 0 or num_workers < 0 or len(synthetic_size) != 2 or min(synthetic_size) < 1:
-            raise ValueError(
-                f"val_size={val_size!r} and num_workers={num_workers!r} must be >= 0, synthetic_size="
-                f"{synthetic_size!r} two sizes >= 1."
-            )
+        check_values(DATA_SETTINGS, {k: v for k, v in locals().items() if k in DATA_SETTINGS})
         self.save_hyperparameters()
         self.noise_rate: float | None = None
         self.classes: list[str] = []  # the class names, known after setup

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from resattn.config import AttentionBlock, AttentionLearning, Family, MaskStructure, ModelConfig, Normalization
+from resattn.config import (
+    AttentionBlock,
+    AttentionLearning,
+    CompileMode,
+    Family,
+    MaskStructure,
+    ModelConfig,
+    Normalization,
+    check_network,
+)
 from resattn.network import build_model
 from resattn.probes import ResponseProbe
 
@@ -24,6 +31,8 @@ class ResidualAttentionClassifier(L.LightningModule):
     validation data after each epoch, and on the test data when the final weights are tested. The
     test error is that of the weights at the end of training: no checkpoint is selected on test or
     validation data.
+
+    Each argument's allowed values are declared in :data:`resattn.config.MODEL_SETTINGS`.
 
     Args:
         depth, attention_learning, mask_structure, normalization, attention_block, family, num_classes,
@@ -71,6 +80,7 @@ class ResidualAttentionClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_network(dict(self.hparams))  # every argument within its declared range (MODEL_SETTINGS)
         self.config = ModelConfig(
             depth=depth,
             attention_learning=attention_learning,
@@ -84,8 +94,6 @@ class ResidualAttentionClassifier(L.LightningModule):
             t=t,
             r=r,
         )
-        if not all(0 < f < 1 for f in lr_milestones) or list(lr_milestones) != sorted(lr_milestones):
-            raise ValueError(f"lr_milestones={lr_milestones!r} must be increasing fractions in (0, 1).")
         self.net = build_model(self.config)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -156,9 +164,6 @@ class ResidualAttentionClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         return paper_optimizer(self.parameters(), self.hparams, self.trainer.estimated_stepping_batches)
-
-
-CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 
 
 def compile_options(compile: bool | str) -> dict:

@@ -92,10 +92,24 @@ class TrainedModel:
         return self.net(x).softmax(1)
 
 
-def _model(hparams: dict) -> ResidualAttentionNetwork:
-    """The network of a LightningModule's hyperparameters (the ModelConfig fields among them)."""
+def _model(settings: dict, state: dict, source: Path) -> ResidualAttentionNetwork:
+    """The network that ``settings`` (ModelConfig fields, among others) describe, with the weights
+    ``state``; a ``RunError`` naming ``source`` when they describe no network or do not fit it."""
     fields = set(ModelConfig.__dataclass_fields__) - {"preset"}
-    return build_model(ModelConfig(**{k: v for k, v in hparams.items() if k in fields}))
+    try:
+        net = build_model(ModelConfig(**{k: v for k, v in settings.items() if k in fields}))
+    except ValueError as err:
+        raise RunError(f"{source} describes no network resattn can build: {err}") from None
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
+        ours, theirs = net.state_dict(), state
+        odd = sorted(set(ours) ^ set(theirs)) or [k for k in ours if ours[k].shape != theirs[k].shape]
+        raise RunError(
+            f"{source}: its weights do not fit the {net.config.name} network its settings describe (width "
+            f"{net.config.width}); first mismatch: {odd[0]}. Is it a checkpoint of another network?"
+        ) from None
+    return net
 
 
 def _from_checkpoint(path: Path, card: dict, data_config: dict | None = None) -> TrainedModel:
@@ -105,8 +119,7 @@ def _from_checkpoint(path: Path, card: dict, data_config: dict | None = None) ->
         state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     except Exception as err:
         raise RunError(f"{path} is not a readable resattn checkpoint ({type(err).__name__}: {err}).") from err
-    net = _model(hparams)
-    net.load_state_dict(state)
+    net = _model(hparams, state, path)
     data_state = ckpt.get("CIFARDataModule") or {}
     mean, classes = data_state.get("mean"), data_state.get("classes")
     if not classes:  # a checkpoint of an older version: the mean and the classes come from the data
@@ -141,8 +154,10 @@ def _from_export(folder: Path) -> TrainedModel:
         state = load_file(str(folder / WEIGHTS))
     except Exception as err:
         raise RunError(f"{folder} is not a readable resattn export ({type(err).__name__}: {err}).") from err
-    net = build_model(ModelConfig(**info["model"]))
-    net.load_state_dict(state)
+    missing = [k for k in ("model", "classes") if k not in info]
+    if missing or not isinstance(info["model"], dict):
+        raise RunError(f"{folder / CONFIG} has no {(missing or ['model'])[0]!r} mapping: not a resattn export's.")
+    net = _model(info["model"], state, folder)
     mean = torch.tensor(info["mean"]) if info.get("mean") is not None else None
     return TrainedModel(net.eval(), net.config, info["classes"], mean, info.get("card", {}))
 
@@ -273,19 +288,27 @@ def model_card(model: TrainedModel) -> str:
 
 
 def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str], out: Path, channels: int = 0):
-    """Paper Fig. 1 for any images: each image (resized as the network sees it) and, as heat maps over
-    it, the soft mask of the first module of each stage, mean over channels, then optionally the
-    ``channels`` channels of highest spatial variance. One row per image."""
+    """Paper Fig. 1 for any images: each image (resized as the network sees it) and, beside it, the
+    soft mask of the first module of each stage, mean over channels, then optionally the
+    ``channels`` channels of highest spatial variance. One row per image; every map on one colour
+    scale, printed: [0, 1] for a sigmoid's masks (mixed, spatial), the range of all maps for channel
+    attention's (f2), so that a near-constant mask looks constant."""
     import matplotlib.pyplot as plt
 
     from resattn.probes import mask_outputs
-    from resattn.report.plots import _save, mask_overlay
+    from resattn.report.plots import _save, mask_image
 
     shown, x = model.preprocess(images)
     masks = mask_outputs(model.net, x)
     firsts = sorted(k for k in masks if k.endswith("m1"))
+    most = min(masks[k].shape[1] for k in firsts)
+    if channels > most:
+        raise RunError(
+            f"--channels {channels}: these masks have {most} channels in their smallest stage; at most {most}."
+        )
     cols = 1 + len(firsts) * (1 + channels)
     fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols + 0.8, 2.1 * len(images) + 0.9), squeeze=False)
+    maps = []  # (axes, mask view), drawn once the common scale is known
     for row, (image, original, name) in enumerate(zip(shown, images, names)):
         picture = image.permute(1, 2, 0).numpy()
         ax = axes[row, 0]
@@ -302,19 +325,25 @@ def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str
             order = m.flatten(1).var(1).argsort(descending=True)[:channels]
             views += [(f"channel {int(c)}", m[c]) for c in order]
             for label, view in views:
-                v = view.numpy()
-                im = mask_overlay(axes[row, col], picture, v, float(v.min()), float(v.max()))
+                maps.append((axes[row, col], view.numpy()))
                 axes[row, col].set_title(f"stage {module[1]} ({module}): {label}", fontsize=7)
-                fig.colorbar(im, ax=axes[row, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
                 col += 1
+    low, high = min(float(v.min()) for _, v in maps), max(float(v.max()) for _, v in maps)
+    if model.config.normalization != "channel":  # a sigmoid's values: its whole range, [0, 1]
+        low, high = 0.0, 1.0
+    im = None
+    for ax, v in maps:
+        im = mask_image(ax, v, low, high)
     card = model.card
     source = f"{card.get('study')}/{card.get('run_id')}" if card.get("run_id") else card.get("checkpoint", "")
     fig.suptitle(
-        f"Soft masks of {model.config.name} ({model.config.attention_learning}), {source}; each map on its own "
-        "colour scale",
+        f"Soft masks of {model.config.name} ({model.config.attention_learning}), {source}; every map on one colour "
+        f"scale, {low:.3g} to {high:.3g}",
         fontsize=9,
     )
-    return _save(fig, out)
+    fig.tight_layout(rect=(0, 0, 0.94, 1))  # the colour bar's room on the right
+    fig.colorbar(im, cax=fig.add_axes((0.95, 0.15, 0.012, 0.7)), label="mask value").ax.tick_params(labelsize=6)
+    return _save(fig, out, tight=False)
 
 
 def _check_out(path: Path, flag: str = "--out") -> None:

@@ -101,3 +101,42 @@ def test_excluded_variants_are_not_run_and_exclusions_are_checked(tmp_path):
     )
     with pytest.raises(SpecError, match=r"exclude\[0\]\.depth"):
         load_study("bad", root=tmp_path)
+
+
+def _cut_down(seeds: int = 2):
+    """A quick configuration cut down from the command line and interrupted: one run of it missing."""
+    specs = _runs("trainer.max_epochs=1", "data.train_size=2000", profile="quick", seeds=seeds)
+    errors = {"hourglass": 60.0, "local_conv_matched": 62.0, "local_conv": 63.0}
+    return [_result(s, test_error=errors[s.variant] + s.seed) for s in specs][:-1]
+
+
+def test_the_ledger_never_prefers_a_cut_down_or_incomplete_configuration(tmp_path):
+    """Issue #20 defect 10: an interrupted study with --set cuts became Table 4's evidence."""
+    study, reports = load_study("mask_structure"), tmp_path / "reports"
+    build_report(study, _mask_structure_results("quick", 2), reports / "mask_structure" / "quick")
+    cut = _cut_down(seeds=3)  # more seeds than the complete one: still not preferred
+    build_report(study, cut, reports / "mask_structure" / cut[0].configuration)
+    md, csv = write_ledger(reports)
+    row = pd.read_csv(csv).query("study == 'mask_structure'").iloc[0]
+    assert row["configuration"] == "quick"
+
+
+def test_a_cut_down_configuration_alone_is_shown_with_its_cuts_and_runs(tmp_path):
+    study, reports = load_study("mask_structure"), tmp_path / "reports"
+    cut = _cut_down()
+    build_report(study, cut, reports / "mask_structure" / cut[0].configuration)
+    md, _ = write_ledger(reports)
+    line = next(line for line in md.read_text().splitlines() if line.startswith("| The hourglass mask"))
+    assert cut[0].configuration in line and "5 of 6 runs" in line
+    assert "trainer.max_epochs=1" in line and "data.train_size=2000" in line
+
+
+def test_a_rebuilt_report_leaves_no_stale_files(tmp_path):
+    """Issue #20 defect 4: files of another table (delta.png, claims.csv) stayed beside a rebuilt report."""
+    folder = tmp_path / "reports" / "mask_structure" / "quick"
+    folder.mkdir(parents=True)
+    (folder / "delta.png").write_bytes(b"of another table")
+    (folder / "claims.csv").write_text("claim\nold\n")
+    written = build_report(load_study("mask_structure"), _mask_structure_results("quick", 2), folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in written)
+    assert "delta.png" not in {p.name for p in written} and (folder / "claims.csv").read_text() != "claim\nold\n"

@@ -95,7 +95,7 @@ def test_fit_cli_saves_the_resolved_config(tmp_path):
         (["fit", "--model.family", "imagenet", "--model.depth", "128"], ["depth=128 has no imagenet layout", "56, 92"]),
         (["fit", "--trainer.accelerator", "gpu"], ["gpu"]),
         (["fit", "--data.data_dir", "nowhere", "--data.download", "false"], ["cifar10 not found", "--data.data_dir"]),
-        (["summary", "--depth", "57"], ["depth=57 has no cifar layout"]),
+        (["summary", "--depth", "57"], ["depth=57 is not allowed", "56, 92"]),
     ],
 )
 def test_single_run_cli_bad_input_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch, args, words):

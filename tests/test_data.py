@@ -215,3 +215,15 @@ def test_imagefolder_path_uses_torchvision(tmp_path):
     assert dm.num_classes == 2
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (2, 3, 224, 224)
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_one(tmp_path):
+    """Issue #20: the error suggested extracting CIFAR into the file."""
+    from resattn.data import load_cifar
+
+    path = tmp_path / "cifar.tar.gz"
+    path.write_bytes(b"an archive, not a folder")
+    for download in (False, True):
+        with pytest.raises(FileNotFoundError, match="is a file, not a folder") as err:
+            load_cifar(path, "cifar10", True, download=download)
+        assert "extract it into" not in str(err.value)

@@ -41,11 +41,11 @@ def _main(tmp_path, capsys, *args):
     [
         (["--set", "model.colour=red"], ["unknown setting model.colour", "depth", "width"]),
         (["--set", "model.widht=0.5"], ["model.widht", "did you mean width"]),
-        (["--set", "model.width=abc"], ["model.width", "float", "abc"]),
-        (["--set", "model.width=-1"], ["width=-1", "(0, 8]"]),
+        (["--set", "model.width=abc"], ["model.width='abc'", "a number in (0, 8]"]),
+        (["--set", "model.width=-1"], ["model.width=-1", "(0, 8]"]),
         (["--set", "model.depth=57"], ["depth=57", "56, 92, 128"]),
         (["--set", "model.attention_learning=xyz"], ["model.attention_learning", "'arl', 'nal', 'none'"]),
-        (["--set", "trainer.max_epochs=many"], ["trainer.max_epochs", "int"]),
+        (["--set", "trainer.max_epochs=many"], ["trainer.max_epochs='many'", "an integer >= 1"]),
         (["--set", "trainer.accelerator=gpu"], ["trainer.accelerator=gpu", "no usable CUDA GPU"]),
         (["--set", "modle.width=0.5"], ["'modle.width'", "did you mean model.width?"]),
         (
@@ -64,7 +64,7 @@ def _main(tmp_path, capsys, *args):
         (["--profile", "huge"], ["unknown profile 'huge'", "smoke"]),
         (["--set", "width=3"], ["model.<arg>"]),
         (["--set", "model.mask_structure=local_conv"], ["--set model.mask_structure", "this study varies it"]),
-        (["--set", "data.batch_size=0"], ["batch_size=0", "at least 1"]),
+        (["--set", "data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
         (["--set", "data.val_size=-5"], ["val_size=-5", ">= 0"]),
         (["--set", "data.synthetic_size=[0, 10]"], ["synthetic_size", ">= 1"]),
         (["--seeds", "100000"], ["--seeds 100000", "[1, 1000]"]),

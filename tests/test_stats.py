@@ -222,3 +222,12 @@ def test_the_markdown_table_has_as_many_cells_in_every_row_as_in_its_header():
     lines = markdown(summarise(load_study("mask_structure"), results)).splitlines()
     cells = [len(re.findall(r"(?<!\\)\|", line)) for line in lines]
     assert "detectable \\|Δ\\|" in lines[0] and len(set(cells)) == 1, cells
+
+
+def test_intervals_of_non_negative_quantities_stay_non_negative():
+    """Issue #20: a response's interval went below 0 in tables and response.png."""
+    from resattn.report.stats import confidence_interval, level
+
+    values = np.array([0.001, 0.0, 0.002])
+    assert confidence_interval(values)[0] < 0 <= confidence_interval(values, floor=0.0)[0]
+    assert level(list(values), floor=0.0).low == 0.0

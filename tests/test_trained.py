@@ -201,3 +201,50 @@ def test_a_run_without_weights_is_named(study_run, images, tmp_path, capsys):
     assert _snapshot(tmp_path) == before
     with pytest.raises(RunError, match="has no weights"):
         load_run(copy)
+
+
+@pytest.fixture(scope="module")
+def foreign(checkpoint, tmp_path_factory):
+    """A checkpoint whose weights belong to another network, and an export whose config.json has no model."""
+    folder = tmp_path_factory.mktemp("foreign")
+    ckpt = torch.load(checkpoint[0], map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["width"] = 0.25  # the weights are of width 0.125
+    torch.save(ckpt, folder / "other.ckpt")
+    export(load_run(checkpoint[0]), folder / "export")
+    info = json.loads((folder / "export" / CONFIG).read_text())
+    del info["model"]
+    (folder / "export" / CONFIG).write_text(json.dumps(info))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["predict", "masks", "export"])
+@pytest.mark.parametrize("what, words", [("other.ckpt", ["do not fit"]), ("export", ["config.json", "model"])])
+def test_a_foreign_checkpoint_or_a_broken_export_is_one_line(foreign, images, tmp_path, capsys, command, what, words):
+    """Defect 8 (issue #20): a RuntimeError with kilobytes of key names, or a KeyError traceback."""
+    args = {
+        "predict": [str(images / "photo.jpg")],
+        "masks": [str(images / "photo.jpg"), "--out", str(tmp_path / "m.png")],
+    }
+    code = main([command, str(foreign / what), *args.get(command, ["--out", str(tmp_path / "out")])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1 and len(err) < 400, err
+    for word in [str(foreign / what), *words]:
+        assert word in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_masks_refuses_more_channels_than_the_masks_have(checkpoint, images, tmp_path, capsys):
+    """Defect 7: --channels 60 wrote a 38,544-pixel-wide PNG of empty axes."""
+    args = [
+        "masks",
+        str(checkpoint[0]),
+        str(images / "photo.jpg"),
+        "--out",
+        str(tmp_path / "m.png"),
+        "--channels",
+        "60",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--channels 60" in err and "at most" in err and len(err.splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())

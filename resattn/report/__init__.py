@@ -100,7 +100,8 @@ def build_report(
 ) -> list[Path]:
     """Write the report of one configuration's ``results`` into ``folder``; the mask grid reads the
     masks from ``runs_dir`` (when given); ``expected`` (the runs the study asked for) names the
-    missing ones. Returns the files written."""
+    missing ones. Files of an earlier build that this one does not write are removed (a report is
+    derived from the runs). Returns the files written."""
     out = out or sys.stdout
     order = [study.variant_name(v) for v in study.variants()]
     unknown = [r for r in results if r.variant not in order]  # variants the study YAML no longer has
@@ -125,7 +126,7 @@ def build_report(
     mask_files = {r.variant: RunDir.of(runs_dir, r).masks for r in shown} if runs_dir is not None else {}
     normalizations = {r.variant: r.config["model"].get("normalization", "mixed") for r in results}
     figures = [
-        plots.error_per_variant(df, subtitle, folder / "error.png"),
+        plots.error_per_variant(df, subtitle, folder / "error.png", plots.side_by_side(study)),
         plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
         plots.relative_response(finished, styles, study.paper_response, subtitle, folder / "response.png"),
         plots.mask_statistics(finished, order, normalizations, subtitle, folder / "mask_stats.png"),
@@ -136,6 +137,8 @@ def build_report(
         t = trend(study, results, claim.variants, claim.factor, claim.per)
         figures.append(plots.trend_differences(study, results, claim, t, verdict, subtitle, folder / "delta.png"))
     written += [p for p in figures if p is not None]
+    for stale in sorted(set(p for p in folder.iterdir() if p.is_file()) - set(written)):
+        stale.unlink()  # a file of an earlier build (another table's delta.png, ...): derived, rebuilt from runs/
     if wandb_mode != "disabled" and runs_dir is not None:
         configuration = results[0].configuration
         save_dir = study_dir(runs_dir, study.name, f"report-{configuration}")

@@ -4,8 +4,9 @@ Each study YAML lists the claims it tests (:class:`resattn.study.spec.Claim`: ``
 or ``response``). A report judges them on its configuration's results and writes ``claims.csv``
 next to its table, one row per piece of evidence (a comparison, a slope, a probed value). The
 ledger, ``reports/CLAIMS.md`` with ``reports/CLAIMS.csv``, has one row per claim of every study:
-the evidence of the most faithful configuration that has any (the profile's place in
-``profiles.yaml``: paper, then gpu, then quick; then the most seeds); a study without results reads
+the evidence of the most faithful configuration that has any (complete and without command-line
+cuts first; then the profile's place in ``profiles.yaml``: paper, then gpu, then quick; then the
+most seeds; one with runs missing or cut says so); a study without results reads
 ``not run``. Configurations trained on synthetic data (the smoke profile) say nothing about the
 paper's claims and are left out, so a smoke run never changes the ledger. It is rebuilt from the
 ``claims.csv`` files under ``reports/``, after every study and by ``studies/report.py --claims``, and
@@ -50,6 +51,9 @@ COLUMNS = [
     "configuration",
     "precision",
     "synthetic",
+    "runs",
+    "of_runs",
+    "cuts",
     "note",
 ]
 NOT_RUN = "not run"
@@ -132,7 +136,7 @@ def _response(claim: Claim, study: Study, results: list[RunResult]) -> list[dict
         runs = [r for r in results if r.variant == name]
         for stage in claim.stages:
             values = [r.probe[f"stage{stage}_rel"] for r in runs if f"stage{stage}_rel" in r.probe]
-            v = level(values)
+            v = level(values, floor=0.0)  # a mean |response| ratio is >= 0
             paper = study.paper_response.get(name, [])
             rows.append(
                 {
@@ -154,9 +158,13 @@ def _response(claim: Claim, study: Study, results: list[RunResult]) -> list[dict
 
 def judge(study: Study, summary: pd.DataFrame, results: list[RunResult]) -> pd.DataFrame:
     """Every claim of ``study`` judged on one configuration's ``results`` (``summary``: their
-    :func:`resattn.report.stats.summarise`): one row per piece of evidence, in ``COLUMNS``."""
+    :func:`resattn.report.stats.summarise`): one row per piece of evidence, in ``COLUMNS``, each
+    saying how many runs the configuration has of the study's (variants x seeds) and its cuts (the
+    command-line settings that change results), so that the ledger can prefer a complete one."""
     summary = summary.set_index("variant", drop=False)
     first = results[0]
+    of_runs = len(study.variants()) * len({r.seed for r in results})
+    cuts = "; ".join(f"{k}={v}" for k, v in first.overrides.items())
     rows = []
     for claim in study.claims:
         if claim.kind == "each":
@@ -179,6 +187,9 @@ def judge(study: Study, summary: pd.DataFrame, results: list[RunResult]) -> pd.D
                     "configuration": first.configuration,
                     "precision": first.precision,
                     "synthetic": first.synthetic,
+                    "runs": len(results),
+                    "of_runs": of_runs,
+                    "cuts": cuts,
                     "note": study.notes,
                 }
             )
@@ -195,10 +206,21 @@ def write_claims(df: pd.DataFrame, folder: Path) -> Path | None:
     return path
 
 
+def _partial(row) -> str:
+    """``; 4 of 6 runs; cut: trainer.max_epochs=1`` for a configuration with runs missing or cut
+    from the command line (a report written before these columns existed was complete); else ``""``."""
+    runs, of = row.get("runs"), row.get("of_runs")
+    missing = f"; {int(runs)} of {int(of)} runs" if not pd.isna(runs) and not pd.isna(of) and runs < of else ""
+    cuts = row.get("cuts")
+    return missing + (f"; cut: {cuts}" if isinstance(cuts, str) and cuts else "")
+
+
 def _fidelity(df: pd.DataFrame, order: list[str]) -> tuple:
-    """How faithful a configuration's evidence is: its profile's place in profiles.yaml, then seeds."""
+    """How faithful a configuration's evidence is: complete and uncut first (every run of the study,
+    no command-line cuts), then its profile's place in profiles.yaml, then seeds."""
     profile = df["profile"].iloc[0]
-    return (order.index(profile) if profile in order else -1, df["seeds"].max(), df["configuration"].iloc[0])
+    whole = not _partial(df.iloc[0])
+    return (whole, order.index(profile) if profile in order else -1, df["seeds"].max(), df["configuration"].iloc[0])
 
 
 def ledger(reports_dir: Path) -> tuple[pd.DataFrame, dict[str, list[str]]]:
@@ -270,7 +292,8 @@ def write_ledger(reports_dir: Path) -> list[Path]:
         "",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the reports under `{reports_dir}/` "
         "(`studies/report.py --claims` rebuilds it). For each study, the evidence of its most faithful "
-        f"configuration with results (profile {faithful}; then the most seeds); configurations trained on "
+        f"configuration with results (complete and without command-line cuts first, else its missing runs "
+        f"and cuts are named; then profile {faithful}; then the most seeds); configurations trained on "
         f"synthetic data (the {synthetic} profile) test the code, not the paper, and are left out.",
         "",
         "Evidence: a difference (variant − reference, test error in pp) with its 95% paired t interval over seeds "
@@ -290,7 +313,10 @@ def write_ledger(reports_dir: Path) -> list[Path]:
             where, evidence = "—", "no results yet"
         else:
             seeds = int(group["seeds"].max())
-            where = f"`{first['configuration']}` ({first['profile']}, {first['precision']}, {plural(seeds, 'seed')})"
+            where = (
+                f"`{first['configuration']}` ({first['profile']}, {first['precision']}, {plural(seeds, 'seed')}"
+                f"{_partial(first)})"
+            )
             evidence = "<br>".join(_evidence(row) for _, row in group.iterrows())
         note = " ¹" if isinstance(first["note"], str) and first["note"] else ""
         lines.append(

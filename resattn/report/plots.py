@@ -62,9 +62,24 @@ def _interval_label(n_max: int) -> str:
     return "mean, 95% CI over seeds" if n_max > 1 else "1 seed: no interval"
 
 
-def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path) -> Path:
+def side_by_side(study: Study) -> list[list[str]]:
+    """The study's variants in groups that share the levels of every factor but the first (arl-56
+    beside nal-56, then arl-92 beside nal-92, ...), in the YAML's order; one group per variant for
+    a one-factor study."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for levels in study.variants():
+        groups.setdefault(levels[1:] if len(levels) > 1 else levels, []).append(study.variant_name(levels))
+    return list(groups.values())
+
+
+def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path, groups: list[list[str]] | None = None) -> Path:
     """This study's test errors (mean, 95% CI) beside the paper's, each panel on its own scale:
-    a reduced profile's errors and the paper's lie far apart, and each panel shows its own ordering."""
+    a reduced profile's errors and the paper's lie far apart, and each panel shows its own ordering.
+    ``groups`` (:func:`side_by_side`) orders the variants so that those compared at one level stand
+    together, grey lines between the groups."""
+    order = [v for g in groups or [list(df["variant"])] for v in g if v in set(df["variant"])]
+    df = df.set_index("variant", drop=False).loc[order].reset_index(drop=True)
+    bounds = np.cumsum([sum(v in order for v in g) for g in groups or []])[:-1] - 0.5
     paper = df["paper_error"].notna().any()
     fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(max(6, 0.55 * len(df) + 3) * (2 if paper else 1), 4.6))
     axes = np.atleast_1d(axes)
@@ -96,6 +111,8 @@ def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path) -> Path:
         ax.set_xticks(x, df["variant"], rotation=35 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
         ax.set_xlim(-0.6, len(df) - 0.4)
         ax.grid(axis="y", alpha=0.3)
+        for bound in bounds:
+            ax.axvline(bound, color="0.75", lw=0.8)
     fig.suptitle(f"Test error per variant\n{subtitle}", fontsize=10)
     return _save(fig, path)
 
@@ -153,47 +170,67 @@ def trend_differences(
 
 
 def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle: str, path: Path) -> Path | None:
+    """Validation error and training loss per epoch (mean ± std over seeds), one colour per variant
+    (its line style from ``styles``). Runs of one epoch have no curve: each variant's value after
+    it is then a point (mean ± std over seeds) at its own place on the x axis."""
+    colours = variant_colours(list(styles))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    drawn = False
-    for name, style in styles.items():
+    series = {}  # (variant, key) -> per-seed curves, cut to the shortest
+    for name in styles:
         runs = [r for r in results if r.variant == name and r.epochs]
-        for ax, key in zip(axes, ("val/err1", "train/loss")):
+        for key in ("val/err1", "train/loss"):
             curves = [[e.get(key) for e in r.epochs] for r in runs]
             curves = [c for c in curves if c and all(v is not None for v in c)]
-            if not curves:
-                continue
-            n = min(len(c) for c in curves)
-            arr = np.array([c[:n] for c in curves]) * (100 if key == "val/err1" else 1)
-            epochs = np.arange(1, n + 1)
-            mean, std = arr.mean(0), arr.std(0)
-            ax.plot(epochs, mean, **style, label=f"{name} (n={len(curves)})", marker="." if n < 15 else None)
-            if len(curves) > 1:
-                ax.fill_between(epochs, mean - std, mean + std, color=style["color"], alpha=0.12)
-            drawn = True
-    if not drawn:
+            if curves:
+                n = min(len(c) for c in curves)
+                series[name, key] = np.array([c[:n] for c in curves]) * (100 if key == "val/err1" else 1)
+    if not series:
         plt.close(fig)
         return None
+    one_epoch = max(a.shape[1] for a in series.values()) == 1
+    names = [n for n in styles if any((n, k) in series for k in ("val/err1", "train/loss"))]
+    for ax, key in zip(axes, ("val/err1", "train/loss")):
+        for i, name in enumerate(names):
+            if (name, key) not in series:
+                continue
+            arr = series[name, key]
+            mean, std = arr.mean(0), arr.std(0)
+            style = {**styles[name], "color": colours[name], "label": f"{name} (n={len(arr)})"}
+            if one_epoch:
+                ax.errorbar([i], mean, yerr=std if len(arr) > 1 else None, fmt="o", capsize=4, **style)
+                continue
+            epochs = np.arange(1, len(mean) + 1)
+            ax.plot(epochs, mean, marker="." if len(mean) < 15 else None, **style)
+            if len(arr) > 1:
+                ax.fill_between(epochs, mean - std, mean + std, color=colours[name], alpha=0.12)
+        if one_epoch:
+            rotate = len(names) > 4
+            ax.set_xticks(range(len(names)), names, rotation=35 if rotate else 0, ha="right" if rotate else "center")
+            ax.tick_params(axis="x", labelsize=8)
+        else:
+            ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation top-1 error (%)")
     axes[1].set_ylabel("training loss (cross-entropy)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_title("Validation error (mean ± std over seeds)", fontsize=10)
-    axes[1].set_title("Training loss (mean ± std over seeds)", fontsize=10)
+    after = " after the only epoch" if one_epoch else ""
+    axes[0].set_title(f"Validation error{after} (mean ± std over seeds)", fontsize=10)
+    axes[1].set_title(f"Training loss{after} (mean ± std over seeds)", fontsize=10)
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(subtitle, fontsize=10)
     return _save(fig, path)
 
 
 def _probe_curve(results: list[RunResult], name: str, keys: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean over seeds and 95% CI half-width of the probe values ``keys`` of a variant."""
+    """Mean over seeds of the probe values ``keys`` of a variant (each >= 0) and the distances from
+    it to the ends of its 95% CI, the low end at 0 at most (errorbar's ``yerr``), and the seeds."""
     values = np.array(
         [[r.probe[k] for k in keys] for r in results if r.variant == name and all(k in r.probe for k in keys)]
     )
     if not len(values):
         return np.array([]), np.array([]), 0
-    half = np.array([np.subtract(*confidence_interval(values[:, j])[::-1]) / 2 for j in range(values.shape[1])])
-    return values.mean(0), half, len(values)
+    mean = values.mean(0)
+    ends = np.array([confidence_interval(values[:, j], floor=0.0) for j in range(values.shape[1])]).T
+    return mean, np.abs(ends - mean), len(values)
 
 
 def relative_response(
@@ -219,9 +256,9 @@ def relative_response(
         )
         if not stages:
             continue
-        mean, half, n = _probe_curve(results, name, [f"stage{s}_rel" for s in stages])
+        mean, yerr, n = _probe_curve(results, name, [f"stage{s}_rel" for s in stages])
         style = {**styles[name], "color": colours[name]}
-        left.errorbar(stages, mean, yerr=np.nan_to_num(half) if n > 1 else None, marker="o", capsize=3, **style)
+        left.errorbar(stages, mean, yerr=np.nan_to_num(yerr) if n > 1 else None, marker="o", capsize=3, **style)
         if name in paper:
             left.plot(range(1, len(paper[name]) + 1), paper[name], ls=":", marker="x", color=style["color"], alpha=0.8)
         modules = sorted(
@@ -305,28 +342,19 @@ def mask_statistics(
     return _save(fig, path)
 
 
-def mask_overlay(ax, image: np.ndarray, mask: np.ndarray, vmin: float, vmax: float, alpha: float = 0.55):
-    """``mask`` (h, w) as a heat map over ``image`` (H, W, 3, uint8), upsampled to the image's size."""
-    ax.imshow(image, interpolation="nearest")
-    H, W = image.shape[:2]
-    im = ax.imshow(
-        mask,
-        cmap="jet",
-        vmin=vmin,
-        vmax=vmax,
-        alpha=alpha,
-        extent=(-0.5, W - 0.5, H - 0.5, -0.5),
-        interpolation="bilinear",
-    )
+def mask_image(ax, mask: np.ndarray, vmin: float, vmax: float):
+    """``mask`` (h, w) as a heat map on its own axes (beside its image, never blended over it, so
+    its colours are the mask's alone), on the scale [vmin, vmax] the figure shares."""
+    im = ax.imshow(mask, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     return im
 
 
 def mask_grid(mask_files: dict[str, Path], seed: int | None, subtitle: str, path: Path, images: int = 3) -> Path | None:
-    """Soft masks over test images: one row per variant, for each image its input (top row) and the
-    channel-mean mask of the first module of every stage as a heat map over it. One colour scale
-    for every variant, so rows compare (the masks of one normalisation share a range)."""
+    """Soft masks of test images: the inputs in the top row, then one row per variant with the
+    channel-mean mask of the first module of every stage, under its image. One colour scale for
+    every map, so rows and stages compare (the masks of one normalisation share a range)."""
     loaded = {}
     for name, file in mask_files.items():
         if file.is_file():
@@ -361,12 +389,12 @@ def mask_grid(mask_files: dict[str, Path], seed: int | None, subtitle: str, path
         ax.set_xticks([])
         ax.set_yticks([])
     im = None
-    for row, (name, (imgs, masks)) in enumerate(loaded.items(), start=1):
+    for row, (name, (_, masks)) in enumerate(loaded.items(), start=1):
         for i in range(n):
             for j, module in enumerate(modules):
                 ax = fig.add_subplot(grid[row, i * len(modules) + j])
                 if module in masks:
-                    im = mask_overlay(ax, imgs[i].transpose(1, 2, 0), masks[module][i], low, high)
+                    im = mask_image(ax, masks[module][i], low, high)
                 else:
                     ax.axis("off")
                 if row == len(loaded):

@@ -49,13 +49,15 @@ def holm(pvalues: list[float]) -> list[float]:
     return out.tolist()
 
 
-def confidence_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """Student-t interval of the mean; NaN with fewer than two values."""
+def confidence_interval(values: np.ndarray, level: float = LEVEL, floor: float | None = None) -> tuple[float, float]:
+    """Student-t interval of the mean, its low end at least ``floor`` (a quantity that cannot be
+    below it, e.g. 0 for a response); NaN with fewer than two values."""
     n = len(values)
     if n < 2:
         return math.nan, math.nan
     half = stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return values.mean() - half, values.mean() + half
+    low = values.mean() - half
+    return (low if floor is None else max(low, floor)), values.mean() + half
 
 
 @dataclass(frozen=True)
@@ -208,9 +210,10 @@ class Level:
     high: float
 
 
-def level(values: list[float]) -> Level:
+def level(values: list[float], floor: float | None = None) -> Level:
+    """The mean of ``values`` with its t interval (its low end at least ``floor``)."""
     values = np.asarray(values, dtype=float)
-    low, high = confidence_interval(values)
+    low, high = confidence_interval(values, floor=floor)
     return Level(len(values), float(values.mean()) if len(values) else math.nan, low, high)
 
 

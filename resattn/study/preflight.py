@@ -1,9 +1,10 @@
 """Everything a study will need, checked before anything is created, moved or deleted.
 
-Each distinct configuration of a study is parsed and instantiated by the single-run CLI's own
-parser (:func:`resattn.cli.build_run`): an unknown setting, a wrong type, a value outside its
-choices, a model the config rejects (``model.depth=57``, ``model.width=-1``) or an accelerator this
-machine lacks fails here with one line naming the setting; the same pass resolves each run's
+Every value was checked against its declared range before torch was loaded
+(:func:`resattn.study.spec.check_runs`). Then each distinct configuration of a study is parsed and
+instantiated by the single-run CLI's own parser (:func:`resattn.cli.build_run`), for what only it
+can catch (a strategy Lightning does not know, an accelerator this machine lacks), with one line
+naming the setting; the same pass resolves each run's
 settings (its id and ``config.yaml`` come from them) and measures its cost (multiply-adds x training
 images) for the ETA. The data is loaded (or downloaded) once per data set, last, once everything
 else passed; the runs and reports folders must be writable directories with room for checkpoints.
@@ -23,7 +24,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from resattn.study.spec import suggest
 from resattn.study.store import SECTIONS, SEEDS, RunSpec
 
 
@@ -63,19 +63,6 @@ def _classes() -> dict:
     from resattn.cli import CLASSES
 
     return {**CLASSES, "trainer": L.Trainer}
-
-
-def _unknown_settings(run: RunSpec, classes: dict) -> None:
-    for section in SECTIONS:
-        allowed = set(inspect.signature(classes[section]).parameters) - {"self"}
-        unknown = sorted(set(run.config[section]) - allowed)
-        if unknown:
-            hint = suggest(unknown[0], sorted(allowed))
-            raise PreflightError(
-                f"unknown setting {section}.{unknown[0]}{hint}; {section}.* settings are the arguments of "
-                f"{classes[section].__name__}: {', '.join(sorted(allowed))}. Check {run.study}'s YAML, the "
-                "profile and --set."
-            )
 
 
 def _check_accelerator(run: RunSpec) -> None:
@@ -150,7 +137,6 @@ def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:
     for run in runs:
         key = json.dumps(_with_seeds(run.config, NO_SEEDS), sort_keys=True, default=str)
         if key not in cache:
-            _unknown_settings(run, classes)
             _check_accelerator(run)
             try:
                 with _quiet():

@@ -32,7 +32,7 @@ from resattn.study.executors import (
     check_slurm,
 )
 from resattn.study.preflight import check_folder
-from resattn.study.spec import Study, expand, load_profile, load_study, plural
+from resattn.study.spec import Study, check_runs, expand, load_profile, load_study, plural
 from resattn.study.store import (
     EXIT_BUSY,
     EXIT_INTERRUPTED,
@@ -60,7 +60,9 @@ def fmt_time(seconds: float) -> str:
 
 class Progress:
     """Thread-safe progress of a study: per-run fractions weighted by run cost, with the ETA; a tqdm
-    bar on a terminal, plain lines (with the share done and ETA) in a log."""
+    bar on a terminal, plain lines (with the share done and ETA) in a log. Both count from what was
+    left when this invocation started: a run resumed at 90% starts at its 90% (its first report),
+    so the share is of the work left and the ETA comes from the pace of this invocation."""
 
     def __init__(self, study: str, costs: dict[str, float], out) -> None:
         self.study, self.out = study, out
@@ -68,6 +70,7 @@ class Progress:
         self.costs = {k: v / (sum(costs.values()) or 1) for k, v in costs.items()}
         self.done: set[str] = set()
         self.fractions: dict[str, float] = {}
+        self.started_at: dict[str, float] = {}  # each run's fraction when this invocation started it
         self.start = time.time()
         self.lock = threading.Lock()
         tty = getattr(out, "isatty", lambda: False)()
@@ -78,9 +81,11 @@ class Progress:
         )
 
     def finished(self) -> float:
-        """Share of the study's cost done, in [0, 1]."""
-        done = sum(self.costs[k] for k in self.done)
-        return min(1.0, done + sum(self.costs[k] * f for k, f in self.fractions.items() if k not in self.done))
+        """Share of the work left at the start (by cost) that this invocation has done, in [0, 1]."""
+        left = {k: c * (1 - self.started_at.get(k, 0.0)) for k, c in self.costs.items()}
+        done = sum(left[k] for k in self.done)
+        done += sum(self.costs[k] * (f - self.started_at[k]) for k, f in self.fractions.items() if k not in self.done)
+        return min(1.0, done / (sum(left.values()) or 1))
 
     def eta(self) -> str:
         finished = self.finished()
@@ -107,6 +112,8 @@ class Progress:
     def update(self, run_id: str, fraction: float) -> None:
         with self.lock:
             self.fractions[run_id] = min(max(fraction, 0.0), 1.0)
+            # the lowest fraction heard: a resumed run's progress.json may first show where it was stopped
+            self.started_at[run_id] = min(self.started_at.get(run_id, 1.0), self.fractions[run_id])
             self._refresh()
 
     def finish(self, run_id: str) -> None:
@@ -296,6 +303,7 @@ def run_study(
     study = load_study(study_name)
     prof = load_profile(profile)
     wandb_mode = wandb_runs.decide_mode(wandb)
+    check_runs(expand(study, prof, seeds, overrides))  # every value against its declared range, before torch
     from resattn.study import preflight  # torch: only once the cheap checks passed
 
     precision = preflight.default_precision(expand(study, prof, seeds, overrides))

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
+import re
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
@@ -25,25 +27,47 @@ from typing import Any
 
 import yaml
 
-from resattn.config import DEFAULT_DATASET, NUM_CLASSES
-from resattn.study.store import SECTIONS, RunSpec, is_identity
+from resattn.config import DATA_SETTINGS, DEFAULT_DATASET, MODEL_SETTINGS, NUM_CLASSES, check_network
+from resattn.ranges import (
+    BOOL,
+    NONE,
+    Choice,
+    ClassPath,
+    Items,
+    Number,
+    Setting,
+    SettingError,
+    Text,
+    check_values,
+    markdown,
+    setting,
+)
+from resattn.study.store import SECTIONS, SEEDS, RunSpec, is_identity
 
 ABLATIONS = Path(str(files("resattn.ablations")))
 PROFILES = "profiles"  # ablations/profiles.yaml
 # Factor names that are not "model.<name>" settings.
 FACTOR_SETTINGS = {"dataset": "data.dataset", "label_noise": "data.label_noise"}
-STUDY_KEYS = {
-    "title",
-    "paper_table",
-    "dataset",
-    "settings",
-    "factors",
-    "exclude",
-    "reference",
-    "paper",
-    "paper_response",
-    "notes",
-    "claims",
+# What each field of a study YAML and of a profile may hold (checked by load_study / load_profile,
+# listed in docs/bad-input.md); settings within them are checked against SETTINGS.
+STUDY_FIELDS = {
+    "title": "text (required)",
+    "paper_table": "text",
+    "dataset": "one of cifar10, cifar100",
+    "settings": "a mapping of settings (section.name: value), each within its declared range",
+    "factors": "a non-empty mapping (required) of factor -> a list of distinct values, or named levels -> settings",
+    "exclude": "a list of {factor: level or [levels]} that leaves at least one variant",
+    "reference": "a mapping (required) of factor -> one of its levels",
+    "paper": "the paper's test error in percent, a number in [0, 100], nested by the factors' levels",
+    "paper_response": "a mapping of variant -> list of per-stage responses, each a number >= 0",
+    "notes": "text",
+    "claims": "a list of claims, {claim: text} with each, trend or response (see Claim in resattn/study/spec.py)",
+}
+PROFILE_FIELDS = {
+    "description": "text",
+    "synthetic": "true or false (true: the generated data set, with the study's class count)",
+    "seeds": "an integer >= 1",
+    "settings": "a mapping of settings (section.name: value), each within its declared range",
 }
 CLAIM_KINDS = ("each", "trend", "response")
 # How a study run departs from the single-run CLI's defaults (lowest priority: profiles and --set
@@ -59,6 +83,120 @@ RUN_DEFAULTS = {
     "trainer.num_sanity_val_steps": 0,
     "trainer.log_every_n_steps": 10**9,
 }
+
+PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "64-true", "32-true", "16-true", "16-mixed", "bf16-true")
+PRECISIONS += ("bf16-mixed", "transformer-engine", "transformer-engine-float16")  # Lightning's list, as it spells them
+_COUNT, _FRACTION_OR_COUNT = Number(integer=True, ge=0), Number(ge=0, le=1)
+_TIME = Text("a time DD:HH:MM:SS", r"\d+:\d\d:\d\d:\d\d")
+# The declared range of every trainer.* setting (the arguments of Lightning's Trainer; a test fails
+# when Lightning adds one without an entry here). Where only Lightning can tell (a strategy's name,
+# a class's arguments) the full parse checks what is left.
+TRAINER_SETTINGS: dict[str, Setting] = {
+    "accelerator": setting(Choice(("auto", "cpu", "gpu", "cuda", "mps", "tpu"))),
+    "strategy": setting(Text("a strategy name (auto, ddp, ddp_spawn, fsdp, ...)"), ClassPath("a strategy")),
+    "devices": setting(
+        Number(integer=True, ge=1),
+        Choice((-1, "auto")),
+        Items(_COUNT),
+        Text("device indices, e.g. '0,1'", r"\d+(,\d+)*,?"),
+    ),
+    "num_nodes": setting(Number(integer=True, ge=1)),
+    "precision": setting(Choice(PRECISIONS), NONE),
+    "logger": setting(BOOL, NONE, ClassPath("a logger")),
+    "callbacks": setting(NONE, ClassPath("callbacks")),
+    "fast_dev_run": setting(BOOL, Number(integer=True, ge=1)),
+    "max_epochs": setting(Number(integer=True, ge=1), Choice((-1,)), NONE),  # -1: no limit
+    "min_epochs": setting(_COUNT, NONE),
+    "max_steps": setting(Number(integer=True, ge=1), Choice((-1,))),  # -1: no limit
+    "min_steps": setting(_COUNT, NONE),
+    "max_time": setting(_TIME, NONE),
+    "limit_train_batches": setting(_FRACTION_OR_COUNT, _COUNT, NONE),
+    "limit_val_batches": setting(_FRACTION_OR_COUNT, _COUNT, NONE),
+    "limit_test_batches": setting(_FRACTION_OR_COUNT, _COUNT, NONE),
+    "limit_predict_batches": setting(_FRACTION_OR_COUNT, _COUNT, NONE),
+    "overfit_batches": setting(_FRACTION_OR_COUNT, _COUNT),
+    "val_check_interval": setting(Number(gt=0, le=1), Number(integer=True, ge=1), _TIME, NONE),
+    "check_val_every_n_epoch": setting(Number(integer=True, ge=1), NONE),
+    "num_sanity_val_steps": setting(_COUNT, Choice((-1,)), NONE),  # -1: the whole validation set
+    "log_every_n_steps": setting(Number(integer=True, ge=1), NONE),
+    "enable_checkpointing": setting(BOOL, NONE),
+    "enable_progress_bar": setting(BOOL, NONE),
+    "enable_model_summary": setting(BOOL, NONE),
+    "accumulate_grad_batches": setting(Number(integer=True, ge=1)),
+    "gradient_clip_val": setting(Number(gt=0), NONE),
+    "gradient_clip_algorithm": setting(Choice(("norm", "value")), NONE),
+    "deterministic": setting(BOOL, Choice(("warn",)), NONE),
+    "benchmark": setting(BOOL, NONE),
+    "inference_mode": setting(BOOL),
+    "use_distributed_sampler": setting(BOOL),
+    "profiler": setting(Choice(("simple", "advanced", "pytorch", "xla")), ClassPath("a profiler"), NONE),
+    "detect_anomaly": setting(BOOL),
+    "barebones": setting(BOOL),
+    "plugins": setting(Text("a plugin name"), ClassPath("plugins"), NONE),
+    "sync_batchnorm": setting(BOOL),
+    "reload_dataloaders_every_n_epochs": setting(_COUNT),
+    "default_root_dir": setting(Text("a folder path"), NONE),
+    "enable_autolog_hparams": setting(BOOL),
+    "model_registry": setting(Text("a model registry name"), NONE),
+}
+# Every setting a study, a profile or --set may change, by section (the single-run CLI's names);
+# seed_everything is set per run from its seed.
+SETTINGS: dict[str, dict[str, Setting]] = {"model": MODEL_SETTINGS, "data": DATA_SETTINGS, "trainer": TRAINER_SETTINGS}
+SEED_SETTING = setting(Number(integer=True, ge=0), BOOL, NONE)
+
+
+def ranges_markdown() -> str:
+    """Every declared range (settings, study YAML fields, profile fields) as markdown tables: the
+    listing of docs/bad-input.md and ``python -m resattn settings``."""
+    text = markdown(SETTINGS)
+    for title, fields in (("study YAML field", STUDY_FIELDS), ("profile field", PROFILE_FIELDS)):
+        text += f"\n| {title} | allowed |\n|---|---|\n" + "".join(f"| `{k}` | {v} |\n" for k, v in fields.items())
+    return text
+
+
+def check_config(config: dict) -> None:
+    """A run's config (``{seed_everything, model: {...}, data: {...}, trainer: {...}}``) against the
+    declared ranges, with no torch: an unknown setting (with a did-you-mean), a value outside its
+    range or a model combination the config rejects.
+
+    Raises:
+        SettingError: the first, in one line naming the setting, the value and what is allowed.
+    """
+    if "seed_everything" in config:
+        SEED_SETTING.check("seed_everything", config["seed_everything"])
+    for section in SECTIONS:
+        values = config.get(section) or {}
+        unknown = sorted(set(values) - set(SETTINGS[section]))
+        if unknown:
+            hint = suggest(unknown[0], list(SETTINGS[section]))
+            raise SettingError(
+                f"unknown setting {section}.{unknown[0]}{hint}; {section}.* settings are: "
+                f"{', '.join(SETTINGS[section])}."
+            )
+        check_values(SETTINGS[section], values, f"{section}.")
+    check_network(config.get("model") or {}, "model.")
+
+
+def check_runs(runs: list[RunSpec]) -> None:
+    """Each distinct configuration of ``runs`` checked by :func:`check_config` (no torch; before the
+    parser builds anything).
+
+    Raises:
+        SettingError: the first bad setting, named with the run and where to look.
+    """
+    seen = set()
+    for run in runs:
+        key = json.dumps({s: run.config[s] for s in SECTIONS}, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_config({s: run.config[s] for s in SECTIONS})
+        except SettingError as err:
+            raise SettingError(
+                f"bad setting in run {run.variant}: {str(err).rstrip('.')}. Check {run.study}'s YAML, the profile "
+                "and --set."
+            ) from None
 
 
 class SpecError(ValueError):
@@ -85,11 +223,16 @@ def available_studies(root: Path = ABLATIONS) -> list[str]:
 
 
 def study_path(name: str, root: Path = ABLATIONS) -> Path:
-    """``root/<name>.yaml`` for a study name, or the file itself for a path to a YAML file."""
+    """``root/<name>.yaml`` for a study name, or the file itself for a path to a YAML file (a
+    folder, or a missing file named like a shipped study, is answered with what was meant)."""
     if name.endswith((".yaml", ".yml")) or "/" in name:
         path = Path(name).expanduser()
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not a study YAML file; give a study name or a .yaml file's path.")
         if not path.is_file():
-            raise ValueError(f"study file {path} does not exist.")
+            shipped = path.stem if path.stem in available_studies(root) else None
+            hint = f"; did you mean the shipped study {shipped} (give its name)?" if shipped else "."
+            raise ValueError(f"study file {path} does not exist{hint}")
         return path.resolve()
     path = root / f"{name}.yaml"
     if name == PROFILES or not path.is_file():
@@ -100,9 +243,31 @@ def study_path(name: str, root: Path = ABLATIONS) -> Path:
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping key given twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> Any:
+    """A YAML file's content; a malformed file, a key given twice or a file that is not UTF-8 text is
+    a ValueError naming the file (and the line)."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a UTF-8 text file (byte {err.object[err.start]:#04x} at offset {err.start}); a study "
+            "or profile is YAML text."
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -196,12 +361,18 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     """Read and validate ``ablations/<name>.yaml``, or a study YAML given by its path."""
     path = study_path(name, root)
     name = path.stem
+    shipped = root / path.name
+    if name in available_studies(root) and not (shipped.is_file() and shipped.samefile(path)):
+        raise ValueError(
+            f"study file {path}: has the name of the shipped study {name} ({shipped}), whose runs and reports "
+            f"lie in runs/{name}/ and reports/{name}/; rename the file (e.g. my_{name}.yaml)."
+        )
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(path, "<top level>", "a mapping with keys title, factors, reference, paper")
-    unknown = set(raw) - STUDY_KEYS
+    unknown = set(raw) - set(STUDY_FIELDS)
     if unknown:
-        raise SpecError(path, sorted(unknown)[0], f"one of {', '.join(sorted(STUDY_KEYS))}")
+        raise SpecError(path, sorted(unknown)[0], f"one of {', '.join(STUDY_FIELDS)}")
     for key in ("title", "factors", "reference"):
         if key not in raw:
             raise SpecError(path, key, "to be present")
@@ -211,6 +382,9 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     for fname, spec in raw["factors"].items():
         setting = FACTOR_SETTINGS.get(fname, f"model.{fname}")
         if isinstance(spec, list) and spec:
+            twice = sorted({str(v) for v in spec if [str(w) for w in spec].count(str(v)) > 1})
+            if twice:
+                raise SpecError(path, f"factors.{fname}", f"distinct levels, not {twice[0]} twice")
             levels = {str(v): {setting: v} for v in spec}
         elif isinstance(spec, dict) and spec:
             levels = {str(k): check_settings(v, path, f"factors.{fname}.{k}") for k, v in spec.items()}
@@ -232,8 +406,8 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
     def walk(node: Any, prefix: tuple[str, ...], key: str) -> None:
         depth = len(prefix)
         if depth == len(factors):
-            if not isinstance(node, (int, float)):
-                raise SpecError(path, key, "a number (test error in percent)")
+            if isinstance(node, bool) or not isinstance(node, (int, float)) or not 0 <= node <= 100:
+                raise SpecError(path, key, "a number in [0, 100] (test error in percent)")
             paper[prefix] = float(node)
             return
         if not isinstance(node, dict):
@@ -253,9 +427,10 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
         raise SpecError(path, "dataset", f"one of {', '.join(NUM_CLASSES)}")
     response = raw.get("paper_response") or {}
     if not isinstance(response, dict) or not all(
-        isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in response.values()
+        isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v)
+        for v in response.values()
     ):
-        raise SpecError(path, "paper_response", "a mapping of variant -> list of per-stage numbers")
+        raise SpecError(path, "paper_response", STUDY_FIELDS["paper_response"])
     study = Study(
         name=name,
         path=path,
@@ -271,6 +446,8 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
         notes=" ".join(str(raw.get("notes") or "").split()),
     )
     variants = [study.variant_name(v) for v in study.variants()]
+    if not variants:
+        raise SpecError(path, "exclude", "to leave at least one variant; it removes every variant")
     for name in response:
         if str(name) not in variants:
             raise SpecError(path, f"paper_response.{name}", f"a variant of this study ({', '.join(variants)})")
@@ -387,32 +564,59 @@ def load_profile(name: str, root: Path = ABLATIONS) -> Profile:
             f"(defined in {path})."
         )
     raw = profiles[name]
+    if not isinstance(raw, dict) or set(raw) - set(PROFILE_FIELDS):
+        bad = "" if not isinstance(raw, dict) else f".{sorted(set(raw) - set(PROFILE_FIELDS))[0]}"
+        raise SpecError(path, f"{name}{bad}", f"a mapping with {', '.join(PROFILE_FIELDS)}")
     seeds = raw.get("seeds", 1)
-    if not isinstance(seeds, int) or seeds < 1:
-        raise SpecError(path, f"{name}.seeds", "an integer >= 1")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise SpecError(path, f"{name}.seeds", PROFILE_FIELDS["seeds"])
+    if not isinstance(raw.get("synthetic", False), bool):
+        raise SpecError(path, f"{name}.synthetic", PROFILE_FIELDS["synthetic"])
     return Profile(
         name,
         str(raw.get("description", "")),
         seeds,
         check_settings(raw.get("settings") or {}, path, f"{name}.settings"),
-        bool(raw.get("synthetic")),
+        raw.get("synthetic", False),
     )
 
 
+def _yaml_value(text: str) -> Any:
+    """A command-line value read as YAML, and exponents as YAML 1.2 reads them (PyYAML's 1.1 leaves
+    ``1e3`` a string): ``1e3`` is the integer 1000, ``1.5e-3`` the number 0.0015."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and "." not in value else number
+    return value
+
+
 def parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
-    """``KEY=VALUE`` strings of a repeatable command-line flag; values are read as YAML (numbers, lists, ...)."""
+    """``KEY=VALUE`` strings of a repeatable command-line flag; values are read as YAML (numbers, lists, ...).
+    A key given twice with two values is refused (which one was meant?)."""
     out = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. --set model.width=0.5")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key, value = key.strip(), _yaml_value(value)
+        if key in out and out[key] != value:
+            raise ValueError(f"{flag} {key} is given twice, {out[key]!r} and {value!r}; give it once.")
+        out[key] = value
     return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` settings (``model.*``, ``data.*``, ``trainer.*``)."""
-    return check_settings(parse_pairs(items, "--set"), "--set", "")
+    """``--set KEY=VALUE`` settings (``model.*``, ``data.*``, ``trainer.*``), but the seeds, which each run
+    sets from its own seed."""
+    settings = check_settings(parse_pairs(items, "--set"), "--set", "")
+    seeded = sorted(set(settings) & set(SEEDS))
+    if seeded:
+        raise ValueError(
+            f"--set {seeded[0]}={settings[seeded[0]]!r}: each run sets it from its seed (0, 1, ...); choose how "
+            "many with --seeds."
+        )
+    return settings
 
 
 def _nest(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -479,7 +683,7 @@ def expand(
         dataset = settings.get("data.dataset", DEFAULT_DATASET)
         if profile.synthetic and dataset in NUM_CLASSES and "data.dataset" not in overrides:
             settings["data.dataset"] = "synthetic"
-            settings["data.synthetic_classes"] = NUM_CLASSES[dataset]
+            settings["data.synthetic_classes"] = overrides.get("data.synthetic_classes", NUM_CLASSES[dataset])
             if "data.dataset" in factor_settings:
                 factor_settings.add("data.synthetic_classes")
         reduced_here = {**reduced, **{k: f"{v} (command line)" for k, v in changed.items() if is_identity(k)}}
