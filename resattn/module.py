@@ -27,7 +27,8 @@ class ResidualAttentionClassifier(L.LightningModule):
 
     Nesterov SGD (momentum 0.9, weight decay 1e-4); the learning rate is divided by 10 at 40% and
     60% of the total optimiser steps (the paper's 64k and 96k of 160k). Metrics are logged per
-    epoch as ``{train,val,test}/{loss,acc1,acc5,err1,err5}``; probes (``probe/...``) run on the
+    epoch as ``{train,val,test}/{loss,acc1,acc5,err1,err5}``: accuracies as fractions (torchmetrics'),
+    errors in percent (the paper's tables); probes (``probe/...``) run on the
     validation data after each epoch, and on the test data when the final weights are tested. The
     test error is that of the weights at the end of training: no checkpoint is selected on test or
     validation data.
@@ -197,8 +198,9 @@ def epoch_metrics(loss: MeanMetric, metrics: MetricCollection) -> dict[str, torc
 
 
 def error_metrics(accuracies: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``acc1``, ``acc5`` (fractions) and the errors ``err1``, ``err5`` = 1 - accuracy."""
-    return {**accuracies, **{f"err{name[3:]}": 1.0 - acc for name, acc in accuracies.items()}}
+    """``acc1``, ``acc5`` (fractions) and the errors ``err1``, ``err5`` = 100 (1 - accuracy), in
+    percent as the paper gives them: one unit for error in W&B, the results and the reports."""
+    return {**accuracies, **{f"err{name[3:]}": 100.0 * (1.0 - acc) for name, acc in accuracies.items()}}
 
 
 def paper_optimizer(parameters, hp, total_steps: int) -> dict:

@@ -212,3 +212,13 @@ def test_wandb_dirs_leave_out_abandoned_attempts(tmp_path):
     current = run_dir.path / "wandb" / "offline-run-2-new"
     run_dir.wandb_ids.write_text(json.dumps({"abandoned": ["old"], "id": "new", "segments": [str(current / "files")]}))
     assert sync_dirs([run_dir]) == [current]
+
+
+def test_a_result_written_before_errors_were_in_percent_reads_in_percent():
+    """Results of earlier versions logged ``val/err1`` as a fraction and lack ``error_unit``; new
+    ones log percent. Both read in percent."""
+    spec = _runs()[0]
+    old = _result(spec)  # the fields of an earlier result.json: no error_unit
+    new = _result(spec, epochs=[{"epoch": 0, "val/err1": 50.0}], test={"test/err1": 50.0}, error_unit="percent")
+    assert old.error_unit == "fraction" and old.epoch_error(old.epochs[0]) == 50.0
+    assert new.epoch_error(new.epochs[0]) == 50.0 and new.epoch_error({"epoch": 0}) is None

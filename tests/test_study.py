@@ -183,4 +183,5 @@ def test_the_single_run_cli_reproduces_a_study_run_from_its_config(tmp_path, cap
     )
     assert done.returncode == 0, done.stderr[-3000:]
     err1 = float(re.search(r"test/err1\W+([0-9.]+)", done.stdout).group(1))  # the CLI's test table
-    assert 100 * err1 == pytest.approx(run.test_error, abs=1e-6), (done.stdout, run.test_error)
+    assert err1 == pytest.approx(run.test_error, abs=1e-4), (done.stdout, run.test_error)  # one unit: percent
+    assert run.error_unit == "percent" and run.epoch_error(run.epochs[-1]) == run.epochs[-1]["val/err1"]

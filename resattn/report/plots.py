@@ -179,11 +179,11 @@ def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle:
     for name in styles:
         runs = [r for r in results if r.variant == name and r.epochs]
         for key in ("val/err1", "train/loss"):
-            curves = [[e.get(key) for e in r.epochs] for r in runs]
+            curves = [[r.epoch_error(e) if key == "val/err1" else e.get(key) for e in r.epochs] for r in runs]
             curves = [c for c in curves if c and all(v is not None for v in c)]
             if curves:
                 n = min(len(c) for c in curves)
-                series[name, key] = np.array([c[:n] for c in curves]) * (100 if key == "val/err1" else 1)
+                series[name, key] = np.array([c[:n] for c in curves])
     if not series:
         plt.close(fig)
         return None

@@ -155,7 +155,11 @@ class Monitor:
                 self.progress.update(run_id, info.get("fraction", 0.0))
                 if info.get("epoch") != self.epochs.get(run_id) and run_id in self.active:
                     self.epochs[run_id] = info.get("epoch")
-                    extra = "".join(f", {k} {info[k]}" for k in ("train/loss", "val/err1") if k in info)
+                    extra = "".join(
+                        f", {k} {info[k]:.4g}{'%' if k == 'val/err1' else ''}"
+                        for k in ("train/loss", "val/err1")
+                        if k in info
+                    )
                     total = info.get("max_epochs") or -1  # -1: the run is bounded by max_steps
                     epoch = f"{info['epoch'] + 1}/{total}" if total > 0 else f"{info['epoch'] + 1}"
                     self.progress.say(self.index[run_id], run_id, f"epoch {epoch}{extra}")

@@ -192,6 +192,14 @@ class RunResult(RunSpec):
     diverged: Divergence | None = None
     probe_split: str | None = None  # "test": the probe ran when the final weights were tested
     pack: dict[str, Any] | None = None  # trained in a pack: its folder, runs, seeds, images/s of all seeds
+    # The unit of the errors in ``epochs`` and ``test`` (``test_error`` is always percent). Results
+    # written before errors were logged in percent lack the field: theirs are fractions.
+    error_unit: Literal["percent", "fraction"] = "fraction"
+
+    def epoch_error(self, epoch: dict[str, float | int], key: str = "val/err1") -> float | None:
+        """An error of one entry of ``epochs`` in percent, whatever unit the result was written in."""
+        value = epoch.get(key)
+        return None if value is None else float(value) * (100.0 if self.error_unit == "fraction" else 1.0)
 
 
 @contextmanager
