@@ -7,6 +7,7 @@ mean subtraction run batched, fused into one gather (``augment``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import shutil
@@ -105,6 +106,38 @@ def load_cifar(data_dir: str | Path, dataset: str, train: bool, download: bool =
                 "and download the dataset again."
             ) from err
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def data_fingerprint(data_dir: str | Path, dataset: str, download: bool = False) -> str | None:
+    """A hash of the content of a CIFAR data set's files (pixels and labels, not their path): the
+    md5 of each file the splits are read from, in order. The official files give the md5 sums that
+    torchvision lists, so data that ``download`` would fetch has its fingerprint before it is here.
+    None for other data sets (generated data is its settings; an image folder is its path) and for
+    a CIFAR folder that is missing without ``download`` (the data check then says where to get it).
+
+    The md5 of the files is the study runner's, at planning (about 0.3 s for CIFAR-10); the images
+    a run used are fingerprinted in :meth:`CIFARDataModule.setup` (``provenance``)."""
+    if dataset not in CIFAR:
+        return None
+    cls, train_files, test_files, _ = CIFAR[dataset]
+    folder = cifar_folder(data_dir, dataset)
+    if folder is None:
+        sums = dict(cls.train_list + cls.test_list) if download else None
+    else:
+        sums = {}
+        for name in [*train_files, *test_files]:
+            try:
+                sums[name] = hashlib.file_digest(open(folder / name, "rb"), "md5").hexdigest()
+            except FileNotFoundError:
+                raise _missing_cifar(data_dir, dataset, f" ({folder / name} is missing)") from None
+    if sums is None:
+        return None
+    return hashlib.sha1(" ".join(f"{n}:{sums[n]}" for n in [*train_files, *test_files]).encode()).hexdigest()[:12]
+
+
+def official_fingerprint(dataset: str) -> str | None:
+    """The fingerprint of the official CIFAR files (:func:`data_fingerprint`), None for other data."""
+    return data_fingerprint("/nonexistent", dataset, download=True)
 
 
 def cifar_classes(data_dir: str | Path, dataset: str) -> list[str]:
@@ -310,6 +343,7 @@ class CIFARDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.noise_rate: float | None = None
         self.classes: list[str] = []  # the class names, known after setup
+        self.provenance: dict = {}  # the realised image counts and a hash of their content, after setup
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -376,8 +410,26 @@ class CIFARDataModule(L.LightningDataModule):
         test_images, test_labels = self._load(train=False)
         self._splits["test"] = (test_images[: hp.test_size], test_labels[: hp.test_size])
         self._splits.setdefault("val", self._splits["test"])
+        self.provenance = self._provenance()
         self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self._splits.items()}
         self.mean = self._splits["train"][0].float().mean(0)  # per-pixel RGB mean (3, 32, 32)
+
+    def _provenance(self) -> dict:
+        """What the run trains and is tested on: the realised image counts of each split and a hash
+        of their pixels and labels (after subsets, the validation hold-out and label noise), so a
+        result says which data it came from, wherever that data lay."""
+        h = hashlib.sha1()
+        for split in ("train", "val", "test"):
+            images, labels = self._splits[split]
+            h.update(images.contiguous().numpy().tobytes())
+            h.update(labels.contiguous().numpy().tobytes())
+        held_out = self._splits["val"] is not self._splits["test"]
+        return {
+            "train_images": len(self._splits["train"][1]),
+            "val_images": len(self._splits["val"][1]) if held_out else 0,
+            "test_images": len(self._splits["test"][1]),
+            "content": h.hexdigest()[:16],
+        }
 
     def state_dict(self) -> dict:
         """What a trained network needs to be used without its data (``resattn.trained.load_run``):

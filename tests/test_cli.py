@@ -84,7 +84,9 @@ def test_fit_cli_saves_the_resolved_config(tmp_path):
     config = yaml.safe_load(saved[0].read_text())
     assert config["model"]["attention_learning"] == "nal" and config["model"]["mask_structure"] == "local_conv"
     assert config["model"]["width"] == 0.125 and config["data"]["dataset"] == "synthetic"
-    assert 0 <= cli.trainer.callback_metrics["test/err1"] <= 100  # in percent; fit ends with a test of the final weights
+    assert (
+        0 <= cli.trainer.callback_metrics["test/err1"] <= 100
+    )  # in percent; fit ends with a test of the final weights
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,7 @@ def test_arl_vs_nal_runs_end_to_end_in_the_smoke_profile(tmp_path, capsys):
         assert r.status == "finished" and r.reductions["model.width"].startswith("0.125")
         assert r.params > 0 and r.flops > 0 and len(r.epochs) == 1 and r.probe["stage3_mean_abs"] > 0
         assert r.config["trainer"]["precision"] == "32-true"
+        assert (r.data["train_images"], r.data["test_images"]) == (192, 96) and r.data_fingerprint is None  # generated
     for f in (
         "table.md",
         "table.tex",

@@ -116,9 +116,7 @@ class StudyProgress(Callback):
         )
 
     def _read_metrics(self, trainer) -> None:
-        self._metrics.update(
-            {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k in self.KEYS}
-        )
+        self._metrics.update({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k in self.KEYS})
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._every = max(1, int(trainer.estimated_stepping_batches) // 50)

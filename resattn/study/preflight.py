@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from resattn.config import DEFAULT_DATASET
 from resattn.study.store import SECTIONS, SEEDS, RunSpec
 
 
@@ -117,8 +118,9 @@ def default_pack(runs: list[RunSpec], built: dict[str, Built]) -> int:
 def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:
     """Parse and instantiate each distinct configuration with the single-run CLI's parser, exactly as
     the worker will. Returns the runs with their resolved configs (every setting that differs from
-    its class default, the normalised precision and the absolute data folder always spelled out:
-    the run id and ``config.yaml`` come from these) and what was built, by run id.
+    its class default, the normalised precision and the absolute data folder always spelled out,
+    and the fingerprint of their data files: the run id and ``config.yaml`` come from these) and
+    what was built, by run id.
 
     Raises:
         PreflightError: the first bad setting, named, with what is allowed.
@@ -160,10 +162,36 @@ def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:
             }
             cache[key] = (Built(cli, model_cost(cli.model.net)), config)
         one, config = cache[key]
-        resolved_run = run.model_copy(update={"config": _with_seeds({"seed_everything": None, **config}, run.config)})
-        resolved_runs.append(resolved_run)
-        built[resolved_run.run_id] = one
-    return resolved_runs, built
+        resolved_runs.append(
+            run.model_copy(update={"config": _with_seeds({"seed_everything": None, **config}, run.config)})
+        )
+        built[len(resolved_runs) - 1] = one
+    resolved_runs = fingerprint(resolved_runs)
+    return resolved_runs, {run.run_id: built[i] for i, run in enumerate(resolved_runs)}
+
+
+def fingerprint(runs: list[RunSpec]) -> list[RunSpec]:
+    """The runs with the fingerprint of their data files (:func:`resattn.data.data_fingerprint`),
+    which their run ids include: once per data set, about 0.3 s for CIFAR-10.
+
+    Raises:
+        PreflightError: a data file cannot be read.
+    """
+    from resattn.data import data_fingerprint, official_fingerprint
+
+    found: dict[tuple, str | None] = {}
+    out = []
+    for run in runs:
+        data = run.config["data"]
+        key = (data.get("dataset", DEFAULT_DATASET), data["data_dir"], bool(data.get("download", False)))
+        if key not in found:
+            try:
+                found[key] = data_fingerprint(key[1], key[0], key[2])
+            except OSError as err:
+                raise PreflightError(str(err)) from err
+        fp = found[key]
+        out.append(run.model_copy(update={"data_fingerprint": fp, "data_official": fp == official_fingerprint(key[0])}))
+    return out
 
 
 def costs(runs: list[RunSpec], built: dict[str, Built], data_sizes: dict[tuple, int | None]) -> dict[str, float]:

@@ -95,6 +95,11 @@ class RunSpec(BaseModel):
     overrides: dict[str, Any] = {}
     factor_settings: list[str] = []
     reductions: dict[str, str] = {}
+    # A hash of the data files' content (resattn.data.data_fingerprint), set when the run is planned;
+    # None for generated data and image folders (their settings and path say what they are) and in
+    # the specs of earlier versions. ``data_official``: the files are the official CIFAR ones.
+    data_fingerprint: str | None = None
+    data_official: bool = True
 
     @property
     def precision(self) -> str:
@@ -107,16 +112,20 @@ class RunSpec(BaseModel):
 
     @property
     def identity(self) -> dict[str, Any]:
-        """The settings that change the result: model, data content, training, precision, seeds. An
-        image folder's path and workers are its content and augmentation streams: they count there."""
+        """The settings that change the result: model, data content, training, precision, seeds. The
+        data's content is its fingerprint (the same files in another folder: the same id; other
+        files: another); an image folder's path and workers are its content and augmentation
+        streams: they count there."""
         folder = self.config["data"].get("dataset") == "imagefolder"  # absent: the default data set
         keep = {"data.data_dir", "data.num_workers"} if folder else set()
+        files = {"data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}
         return {
             "seed_everything": self.config["seed_everything"],
             **{
                 s: {k: v for k, v in self.config[s].items() if is_identity(f"{s}.{k}") or f"{s}.{k}" in keep}
                 for s in SECTIONS
             },
+            **files,
         }
 
     @property
@@ -138,13 +147,18 @@ class RunSpec(BaseModel):
             }
             for s in SECTIONS
         }
+        if self.data_fingerprint:
+            shared["data_fingerprint"] = self.data_fingerprint
         return digest(shared)
 
     @property
     def configuration(self) -> str:
         """The study configuration this run belongs to (its report folder): the profile, then the
-        precision unless fp32, then a hash of the command-line settings that change results."""
+        precision unless fp32, then ``data`` and the start of the data's fingerprint unless it is
+        the official CIFAR files, then a hash of the command-line settings that change results."""
         label = self.profile if self.precision == "32-true" else f"{self.profile}-{self.precision}"
+        if self.data_fingerprint and not self.data_official:
+            label += f"-data{self.data_fingerprint[:6]}"
         changed = {k: v for k, v in self.overrides.items() if is_identity(k) and k != "trainer.precision"}
         return f"{label}-{digest(changed, 6)}" if changed else label
 
@@ -195,6 +209,9 @@ class RunResult(RunSpec):
     # The unit of the errors in ``epochs`` and ``test`` (``test_error`` is always percent). Results
     # written before errors were logged in percent lack the field: theirs are fractions.
     error_unit: Literal["percent", "fraction"] = "fraction"
+    # What the run trained and was tested on (resattn.data.CIFARDataModule.provenance): realised image
+    # counts and a hash of their pixels and labels. None in results of earlier versions: data unrecorded.
+    data: dict[str, Any] | None = None
 
     def epoch_error(self, epoch: dict[str, float | int], key: str = "val/err1") -> float | None:
         """An error of one entry of ``epochs`` in percent, whatever unit the result was written in."""

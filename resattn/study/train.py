@@ -34,7 +34,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resattn.cli import build_run
-from resattn.data import normalize
+from resattn.config import DEFAULT_DATASET
+from resattn.data import data_fingerprint, normalize
 from resattn.machine import describe_device
 from resattn.packing import PREFIX, PackedClassifier, PackedData
 from resattn.probes import mask_maps
@@ -108,6 +109,24 @@ def member_epochs(epochs: list[dict], k: int) -> list[dict]:
     ]
 
 
+def check_data_files(spec: RunSpec, run_dir: RunDir) -> None:
+    """The data files are those the run was planned on (its id holds their fingerprint).
+
+    Raises:
+        StoreError: they are not (the files changed, or another machine has other files there).
+    """
+    if spec.data_fingerprint is None:
+        return
+    data = spec.config["data"]
+    found = data_fingerprint(data["data_dir"], data.get("dataset", DEFAULT_DATASET), data.get("download", False))
+    if found != spec.data_fingerprint:
+        raise StoreError(
+            f"{run_dir}: the data in {data['data_dir']} has fingerprint {found}, not {spec.data_fingerprint} as when "
+            "the run was planned (the files changed, or this machine has other files there); run the study again "
+            "to plan it on this data."
+        )
+
+
 def train(
     run_dirs: list[RunDir], wandb_mode: str = "offline", project: str = "resattn", entity: str | None = None
 ) -> list[RunResult | None]:
@@ -123,6 +142,8 @@ def train(
         CheckpointError: a checkpoint could not be written (disk full, ...).
     """
     specs = [rd.read_spec() for rd in run_dirs]
+    for spec, rd in zip(specs, run_dirs):
+        check_data_files(spec, rd)
     packed = len(run_dirs) > 1
     folder = pack_dir(run_dirs) if packed else run_dirs[0]
     step = resume_checkpoint(folder.checkpoint)
@@ -254,6 +275,7 @@ def write_result(
         test=test,
         test_error=test["test/err1"] if test else None,
         error_unit="percent",
+        data=dict(data.provenance),
         probe=probe,
         probe_split="test" if probe else None,
         noise_rate=data.noise_rate,
