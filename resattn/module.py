@@ -106,6 +106,10 @@ class ResidualAttentionClassifier(L.LightningModule):
         # a torchmetrics Metric: its sums are synced over the ranks in compute(), and are in no checkpoint
         self.probe = ResponseProbe()
         self.probe_results: dict[str, float] = {}  # of the last test: the final weights, on the test split
+        # Of the last test, in the test split's order: whether each image's top-1 prediction was wrong
+        # (the per-image outcomes behind the seeds-and-images intervals of resattn.report.stats).
+        self.test_wrong: torch.Tensor | None = None
+        self._test_wrong: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -115,13 +119,14 @@ class ResidualAttentionClassifier(L.LightningModule):
     def _metrics(self, split: str) -> MetricCollection:
         return getattr(self, f"{split}_metrics")
 
-    def _step(self, batch, split: str) -> torch.Tensor:
+    def _step(self, batch, split: str, keep_logits: bool = False) -> torch.Tensor:
+        """The mean loss of a batch, its metrics updated; the logits instead with ``keep_logits``."""
         x, y = batch
         logits = self(x)
         losses = F.cross_entropy(logits, y, reduction="none")  # per image: the epoch mean weighs every image
         self._metrics(split).update(logits.detach(), y)
         getattr(self, f"{split}_loss").update(losses.detach())
-        return losses.mean()
+        return logits.detach() if keep_logits else losses.mean()
 
     def _log_metrics(self, split: str) -> None:
         """Epoch metrics of a split (averaged over every device's batches), then a fresh start."""
@@ -152,13 +157,17 @@ class ResidualAttentionClassifier(L.LightningModule):
             self.log_dict({f"probe/{k}": v for k, v in self.probe.compute().items()}, sync_dist=False)
 
     def on_test_epoch_start(self) -> None:
+        self._test_wrong = []
         if self.hparams.probes:
             self.probe.attach(self.net)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+        logits = self._step(batch, "test", keep_logits=True)
+        self._test_wrong.append(logits.argmax(1) != batch[1])  # one host read per test, at its end
 
     def on_test_epoch_end(self) -> None:
+        self.test_wrong = torch.cat(self._test_wrong).cpu() if self._test_wrong else None
+        self._test_wrong = []
         self._log_metrics("test")
         if self.hparams.probes:  # the probe of the weights tested: Fig. 4 on the final weights
             self.probe_results = self.probe.compute()

@@ -70,6 +70,7 @@ PROFILE_FIELDS = {
     "settings": "a mapping of settings (section.name: value), each within its declared range",
 }
 CLAIM_KINDS = ("each", "trend", "response")
+CLAIM_OPTIONS = ("expect", "against", "margin", "smallest_effect")  # see Claim
 # How a study run departs from the single-run CLI's defaults (lowest priority: profiles and --set
 # override them): CIFAR is downloaded when it is missing (md5 checked; without a network the study
 # stops before anything is written); one device, no progress bar, model summary or sanity check,
@@ -309,6 +310,13 @@ class Claim:
     ``expect: higher | lower`` (with ``each``) states the claimed direction of a comparison the
     paper has no number for (the variants' error higher or lower than the reference's); where the
     paper has a Δ, its sign is the claim.
+
+    Options: ``against: {factor: level}`` (with ``each``) compares with that variant instead of
+    the study's reference (Attention-236 against Attention-92); ``on: error`` (with ``trend``)
+    takes the slope of the variants' own errors, not of their differences from the reference (ARL's
+    error falls with depth); ``margin`` (pp) an equivalence margin around the paper's value within
+    which an interval reproduces it; ``smallest_effect`` (pp) the smallest effect of interest: an
+    interval inside ±it contradicts the claim (an equivalence test).
     """
 
     text: str
@@ -322,6 +330,10 @@ class Claim:
     stages: tuple[int, ...] = (2, 3)  # response
     below: float = 0.1  # response
     expect: str | None = None  # each, beyond the paper: "higher" / "lower" error than the reference
+    against: tuple[tuple[str, str], ...] = ()  # each: (factor, level) pairs replacing the reference's
+    on: str = "difference"  # trend: "difference" (variant − reference) or "error" (the variants' own)
+    margin: float | None = None  # pp: an interval within paper ± margin reproduces the paper's value
+    smallest_effect: float | None = None  # pp: an interval within ±this contradicts the claim
 
 
 @dataclass(frozen=True)
@@ -486,10 +498,16 @@ def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> C
     kinds = [k for k in CLAIM_KINDS if isinstance(raw, dict) and k in raw]
     if not isinstance(raw, dict) or not isinstance(raw.get("claim"), str) or len(kinds) != 1:
         raise SpecError(path, key, "a mapping with `claim` (its text) and exactly one of " + ", ".join(CLAIM_KINDS))
-    extra = set(raw) - {"claim", "expect", *CLAIM_KINDS}
+    extra = set(raw) - {"claim", *CLAIM_OPTIONS, *CLAIM_KINDS}
     if extra:
-        raise SpecError(path, f"{key}.{sorted(extra)[0]}", "claim, expect, " + ", ".join(CLAIM_KINDS))
+        raise SpecError(path, f"{key}.{sorted(extra)[0]}", ", ".join(("claim", *CLAIM_OPTIONS, *CLAIM_KINDS)))
     kind, body = kinds[0], raw[kinds[0]]
+    options = {}
+    for name in ("margin", "smallest_effect"):
+        value = raw.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise SpecError(path, f"{key}.{name}", "a number of percentage points > 0")
+        options[name] = None if value is None else float(value)
 
     def variant_list(value: Any, where: str) -> tuple[str, ...]:
         if not isinstance(value, list) or not value or any(str(v) not in variants for v in value):
@@ -499,8 +517,19 @@ def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> C
     expect = raw.get("expect")
     if expect not in (None, "higher", "lower") or (expect is not None and kind != "each"):
         raise SpecError(path, f"{key}.expect", "higher or lower, with `each`")
+    against = raw.get("against")
+    if against is not None:
+        factors = {f.name: [str(x) for x in f.levels] for f in study.factors}
+        if (
+            kind != "each"
+            or not isinstance(against, dict)
+            or not against
+            or any(k not in factors or str(v) not in factors[k] for k, v in against.items())
+        ):
+            raise SpecError(path, f"{key}.against", "with `each`, a mapping of factor -> one of its levels")
+        options["against"] = tuple((k, str(v)) for k, v in against.items())
     if kind == "each":
-        return Claim(raw["claim"], kind, variant_list(body, f"{key}.each"), expect=expect)
+        return Claim(raw["claim"], kind, variant_list(body, f"{key}.each"), expect=expect, **options)
     if not isinstance(body, dict):
         raise SpecError(path, f"{key}.{kind}", "a mapping (see the Claim docstring in resattn/study/spec.py)")
     if kind == "trend":
@@ -517,6 +546,9 @@ def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> C
         per = body.get("per", 1)
         if not isinstance(per, (int, float)) or per <= 0:
             raise SpecError(path, f"{key}.trend.per", "a number > 0")
+        on = body.get("on", "difference")
+        if on not in ("difference", "error"):
+            raise SpecError(path, f"{key}.trend.on", "difference (from the reference) or error (the variants' own)")
         return Claim(
             raw["claim"],
             kind,
@@ -524,7 +556,11 @@ def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> C
             factor,
             float(per),
             str(body.get("unit", f"{per:g} {factor}")),
+            on=on,
+            **options,
         )
+    if options.get("margin") or options.get("smallest_effect"):
+        raise SpecError(path, key, "margin and smallest_effect go with `each` or `trend`, not `response`")
     stages = body.get("stages", [2, 3])
     below = body.get("below", 0.1)
     if not isinstance(stages, list) or not all(isinstance(s, int) and s >= 1 for s in stages):

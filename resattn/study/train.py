@@ -60,6 +60,7 @@ from resattn.study.store import (
     RunResult,
     RunSpec,
     StoreError,
+    pack_bits,
     pack_dir,
 )
 from resattn.summary import model_cost
@@ -255,6 +256,7 @@ def write_result(
         masks = mask_maps(model.net, normalize(images, data.mean))
         np.savez_compressed(run_dir.masks, images=images.cpu().numpy(), **{k: v.numpy() for k, v in masks.items()})
     cost = model_cost(model.net)
+    single = trainer.world_size == 1  # several ranks' test images arrive interleaved: no per-image record
     result = RunResult(
         **spec.model_dump(),
         status="finished" if diverged is None else "diverged",
@@ -278,6 +280,7 @@ def write_result(
         data=dict(data.provenance),
         probe=probe,
         probe_split="test" if probe else None,
+        test_wrong=pack_bits(model.test_wrong) if test and model.test_wrong is not None and single else None,
         noise_rate=data.noise_rate,
         wandb=wandb_info,
         diverged=None if diverged is None else Divergence(step=diverged[0], epoch=diverged[1], loss=str(diverged[2])),
