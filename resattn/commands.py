@@ -224,7 +224,7 @@ def study_main(argv: list[str] | None = None) -> int:
 
 def _write_ledger(reports_dir: Path) -> int:
     """Rebuild ``reports/CLAIMS.md`` / ``.csv`` from every report's ``claims.csv``; say where."""
-    from resattn.report.claims import write_ledger
+    from resattn.report.ledger import write_ledger
 
     try:
         md, _ = write_ledger(reports_dir)

@@ -6,7 +6,7 @@ import pytest
 
 from resattn.commands import report_main
 from resattn.report import build_report
-from resattn.report.claims import LEDGER, write_ledger
+from resattn.report.ledger import LEDGER, write_ledger
 from resattn.study.spec import SpecError, available_studies, load_study
 from tests.test_stats import DIFFS, HOUR
 from tests.test_store import _result, _runs
@@ -48,7 +48,8 @@ def test_the_ledger_takes_the_most_faithful_configuration_and_names_the_rest(tmp
     assert write_ledger(reports) == [md, csv] and (md.read_text(), csv.read_text()) == before
     ledger = pd.read_csv(csv)
     row = ledger[ledger["study"] == "mask_structure"].iloc[0]
-    assert row["configuration"] == "quick" and row["claim_verdict"] == "reproduced" and row["seeds"] == 5
+    assert row["configuration"] == "quick" and row["claim_outcome"] == "reproduced" and row["seeds"] == 5
+    assert row["tier"] == "pilot" and row["test_images"] != row["test_images"]  # quick: pilot; data unrecorded
     assert row["value"] == pytest.approx(DIFFS.mean()) and row["paper"] == pytest.approx(0.96)
     assert row["precision"] == "32-true" and row["profile"] == "quick"
     text = md.read_text()
@@ -57,8 +58,12 @@ def test_the_ledger_takes_the_most_faithful_configuration_and_names_the_rest(tmp
     claims = {c.text for n in available_studies() for c in load_study(n).claims}
     assert set(ledger["claim"]) == claims  # one row (or more: its evidence) per claim of every study
     not_run = ledger[ledger["study"] == "noisy_labels"]
-    assert set(not_run["claim_verdict"]) == {"not run"}
+    assert set(not_run["claim_outcome"]) == {"not run"}
     assert "He et al." in text  # Table 6's ResNet-164 numbers are from another protocol: said
+    line = next(x for x in text.splitlines() if x.startswith("| The hourglass mask beats local"))
+    assert "**pilot: consistent with the paper's direction" in line and "reproduced" not in line
+    assert "`quick`: **pilot** (data unrecorded; " in line and "width 0.25 (paper 1)" in line
+    assert "hourglass 6.0% (paper 5.52%)" in line  # the reference's error beside the paper's
 
 
 def test_report_claims_rebuilds_the_ledger_alone(tmp_path, capsys):
@@ -140,3 +145,80 @@ def test_a_rebuilt_report_leaves_no_stale_files(tmp_path):
     written = build_report(load_study("mask_structure"), _mask_structure_results("quick", 2), folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in written)
     assert "delta.png" not in {p.name for p in written} and (folder / "claims.csv").read_text() != "claim\nold\n"
+
+
+def test_the_ledger_ranks_configurations_by_what_they_ran(tmp_path):
+    """A complete shortened (gpu) configuration beats a complete pilot (quick) one with more seeds."""
+    study, reports = load_study("mask_structure"), tmp_path / "reports"
+    build_report(study, _mask_structure_results("quick", 5), reports / "mask_structure" / "quick")
+    gpu = [r.model_copy(update={"epochs": [{"epoch": 40, "step": 32_000}]}) for r in _mask_structure_results("gpu", 3)]
+    build_report(study, gpu, reports / "mask_structure" / gpu[0].configuration)
+    _, csv = write_ledger(reports)
+    row = pd.read_csv(csv).query("study == 'mask_structure'").iloc[0]
+    assert row["configuration"] == gpu[0].configuration and row["tier"] == "shortened"
+    assert "32,000 of 160,000 steps" in row["reductions"] and "bf16-mixed (paper 32-true)" in row["reductions"]
+
+
+def test_a_report_of_an_earlier_version_is_reworded_as_a_pilot(tmp_path):
+    """Reports written before the regimes (no tier column) stay readable, and never say reproduced."""
+    folder = tmp_path / "reports" / "attention_type" / "quick"
+    folder.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "claim": ["Mixed attention beats channel and spatial attention"] * 2,
+            "study": ["attention_type"] * 2,
+            "paper_table": ["Table 1"] * 2,
+            "kind": ["each"] * 2,
+            "evidence": ["channel − mixed (test error, pp)", "spatial − mixed (test error, pp)"],
+            "value": [3.2, 0.5],
+            "ci95_low": [1.5, -1.0],
+            "ci95_high": [6.0, 2.0],
+            "paper": [0.72, 0.81],
+            "seeds": [3, 3],
+            "diverged": [0, 0],
+            "p": [0.1, 0.5],
+            "detectable": [3.7, 3.0],
+            "seeds_for_paper": [76.0, 40.0],
+            "verdict": ["reproduced", "inconclusive"],
+            "claim_verdict": ["inconclusive"] * 2,
+            "profile": ["quick"] * 2,
+            "configuration": ["quick"] * 2,
+            "precision": ["32-true"] * 2,
+            "synthetic": [False] * 2,
+            "note": [""] * 2,
+        }
+    ).to_csv(folder / "claims.csv", index=False)
+    md, csv = write_ledger(tmp_path / "reports")
+    row = pd.read_csv(csv).query("study == 'attention_type'").iloc[0]
+    assert row["tier"] == "pilot" and row["outcome"] == "direction only" and row["ratio"] == pytest.approx(3.2 / 0.72)
+    line = next(x for x in md.read_text().splitlines() if x.startswith("| Mixed attention"))
+    assert "judged by an earlier version" in line and "**pilot: unclear**" in line and "reproduced" not in line
+
+
+def test_the_readme_results_table_is_the_ledgers():
+    """Issue #17 item 10: README's results are drawn from reports/CLAIMS.csv, never retyped."""
+    from pathlib import Path
+
+    from resattn.report.ledger import README_BLOCK, results_table
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    begin, end = README_BLOCK
+    block = text[text.index(begin) + len(begin) : text.index(end)].strip()
+    assert block == results_table(pd.read_csv(root / "reports" / "CLAIMS.csv")), (
+        "README's results block is out of date: run python studies/report.py --claims"
+    )
+
+
+def test_the_readme_block_follows_the_ledger(tmp_path):
+    from resattn.report.ledger import README_BLOCK
+
+    (tmp_path / "README.md").write_text(f"# x\n\n{README_BLOCK[0]}\nold\n{README_BLOCK[1]}\n\nrest\n")
+    reports = tmp_path / "reports"
+    build_report(load_study("mask_structure"), _mask_structure_results("quick", 3), reports / "mask_structure" / "q")
+    write_ledger(reports)
+    text = (tmp_path / "README.md").read_text()
+    assert (
+        "old" not in text and "| The hourglass mask beats local convolutions at equal FLOPs | mask_structure |" in text
+    )
+    assert text.endswith("\n\nrest\n") and text.startswith("# x\n\n")

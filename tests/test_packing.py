@@ -170,9 +170,10 @@ def test_a_packed_study_writes_the_report_of_an_unpacked_one(tmp_path):
         tables[name] = pd.read_csv(next((tmp_path / name / "reports" / "pair").glob("*/table.csv")))
     alone, packed = tables["alone"], tables["packed"]
     assert alone["variant"].tolist() == packed["variant"].tolist() == ["arl", "nal"]
-    for column in ("error_mean", "error_std", "diff_vs_ref", "diff_ci95_low", "p_value", "params_m", "gmacs"):
+    columns = ("error_mean", "error_std", "diff_vs_ref", "diff_ci95_low", "diff_seed_ci95_low", "p_value", "params_m")
+    for column in (*columns, "gmacs", "diff_se_images"):
         pd.testing.assert_series_equal(alone[column], packed[column], rtol=1e-6, atol=1e-9, check_names=False)
-    assert alone["verdict"].tolist() == packed["verdict"].tolist()
+    assert alone["test_images"].tolist() == packed["test_images"].tolist() == [0, 96]  # each run's per-image record
     packs = list((tmp_path / "packed" / "runs" / "pair").glob("_pack-*"))
     assert len(packs) == 2 and all((p / "checkpoints" / "last.ckpt").is_file() for p in packs)
 

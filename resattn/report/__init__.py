@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from resattn.report import plots
-from resattn.report.claims import judge, write_claims
-from resattn.report.stats import summarise, trend
+from resattn.report.claims import judge, pieces, write_claims
+from resattn.report.stats import summarise
 from resattn.report.tables import readable, write_tables
 from resattn.study import wandb_runs
 from resattn.study.spec import Study, plural
@@ -71,18 +71,18 @@ def header(study: Study, results: list[RunResult], expected: list[RunSpec] | Non
     if diverged:
         lines += [
             "",
-            f"Diverged runs ({len(diverged)}; non-finite training loss; they count with the error of chance, "
-            "1 − 1/classes, in every statistic, and are named in the seeds column): "
+            f"Diverged runs ({len(diverged)}; non-finite training loss): left out of the errors and contrasts "
+            "(converged pairs); the diverged column gives Fisher's exact p against the reference's; the claims give "
+            "the verdict with them at chance error beside it: "
             + ", ".join(f"{r.run_id} at step {r.diverged.step} (loss {r.diverged.loss})" for r in diverged),
         ]
     lines += [
         "",
-        "Δ vs ref: mean over matched seeds of (variant − reference) test error, in percentage points, with its "
-        "95% paired t interval; p (Holm): the paired t-test's p-value, Holm-adjusted over the study's comparisons. "
-        "Verdict: reproduced = the interval excludes 0 on the paper's side and p (Holm) < 0.05; contradicted = it "
-        "excludes 0 on the other side and p (Holm) < 0.05; inconclusive = anything else: these seeds cannot tell. "
-        "Detectable |Δ|: the smallest difference this many seeds would detect with 80% power, from the observed "
-        "SD of the paired differences; seeds for paper Δ: how many seeds that SD needs to detect the paper's Δ.",
+        "Δ vs ref: mean over converged seeds of (variant − reference) test error, in percentage points, with its "
+        "95% interval over seeds and test images (every run records which test images it got wrong: the split's "
+        "sampling noise is in it; seed-only where a run has no such record) and the seed-only 95% t interval; p: "
+        "the unadjusted two-sided p of that difference. No verdicts here: each claim of the study is judged in "
+        "claims.csv and the ledger (reports/CLAIMS.md), within its own family.",
     ]
     return "\n".join(lines)
 
@@ -114,7 +114,7 @@ def build_report(
     folder.mkdir(parents=True, exist_ok=True)
     df = summarise(study, results)
     written = write_tables(df, header(study, results, expected, older), folder)
-    judged = judge(study, df, results)
+    judged = judge(study, results)
     claims_file = write_claims(judged, folder)
     written += [claims_file] if claims_file else []
     styles = plots.variant_styles(study)
@@ -128,14 +128,19 @@ def build_report(
     figures = [
         plots.error_per_variant(df, subtitle, folder / "error.png", plots.side_by_side(study)),
         plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
-        plots.relative_response(finished, styles, study.paper_response, subtitle, folder / "response.png"),
+        plots.relative_response(
+            finished, styles, study.paper_response, subtitle, folder / "response.png", _threshold(study)
+        ),
         plots.mask_statistics(finished, order, normalizations, subtitle, folder / "mask_stats.png"),
         plots.mask_grid(mask_files, first_seed, subtitle, folder / "masks.png"),
     ]
-    for claim in (c for c in study.claims if c.kind == "trend"):
-        verdict = judged.loc[judged["claim"] == claim.text, "claim_verdict"].iloc[0]
-        t = trend(study, results, claim.variants, claim.factor, claim.per)
-        figures.append(plots.trend_differences(study, results, claim, t, verdict, subtitle, folder / "delta.png"))
+    trends = [c for c in study.claims if c.kind == "trend"]
+    for i, claim in enumerate(trends):
+        row = judged[judged["claim"] == claim.text].iloc[0]
+        path = folder / ("delta.png" if i == 0 else f"delta-{i + 1}.png")
+        figures.append(
+            plots.trend_differences(study, results, claim, pieces(claim, study, results)[0], row, subtitle, path)
+        )
     written += [p for p in figures if p is not None]
     for stale in sorted(set(p for p in folder.iterdir() if p.is_file()) - set(written)):
         stale.unlink()  # a file of an earlier build (another table's delta.png, ...): derived, rebuilt from runs/
@@ -146,6 +151,11 @@ def build_report(
             study.name, configuration, readable(df), written, save_dir, wandb_mode, project, entity, out
         )
     return written
+
+
+def _threshold(study: Study) -> float | None:
+    """The threshold of the study's response claim (this project's choice), if it has one."""
+    return next((c.below for c in study.claims if c.kind == "response"), None)
 
 
 def report_folder(reports_dir: Path, study: Study, configuration: str) -> Path:

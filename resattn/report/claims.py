@@ -1,195 +1,379 @@
-"""The paper's claims judged on a study's results, and the claims ledger that gathers them.
+"""The paper's claims judged on one configuration's results (``claims.csv`` of a report).
 
-Each study YAML lists the claims it tests (:class:`resattn.study.spec.Claim`: ``each``, ``trend``
-or ``response``). A report judges them on its configuration's results and writes ``claims.csv``
-next to its table, one row per piece of evidence (a comparison, a slope, a probed value). The
-ledger, ``reports/CLAIMS.md`` with ``reports/CLAIMS.csv``, has one row per claim of every study:
-the evidence of the most faithful configuration that has any (complete and without command-line
-cuts first; then the profile's place in ``profiles.yaml``: paper, then gpu, then quick; then the
-most seeds; one with runs missing or cut says so); a study without results reads
-``not run``. Configurations trained on synthetic data (the smoke profile) say nothing about the
-paper's claims and are left out, so a smoke run never changes the ledger. It is rebuilt from the
-``claims.csv`` files under ``reports/``, after every study and by ``studies/report.py --claims``, and
-rewritten only when its content changes.
+Each study YAML lists the claims it tests (:class:`resattn.study.spec.Claim`). A claim's evidence
+is one or more *pieces*, each a contrast of test errors (:func:`resattn.report.stats.contrast`) or
+a Fig. 4 response ratio against a threshold:
 
-A claim's verdict combines its evidence: ``reproduced`` when every piece is, ``contradicted``
-when any piece is, ``inconclusive`` otherwise (``needs ≥ 2 seeds`` when no piece has two).
+- ``each``: variant − reference (or ``against``) per listed variant;
+- ``trend``: the least-squares slope over a numeric factor of the differences from the reference,
+  or of the variants' own errors (``absolute: true``);
+- ``response``: the geometric mean of a stage's response relative to stage 1, on the log scale.
+
+**Families.** A claim is its own family; a variant in no claim changes no verdict.
+
+- The claim as a whole ("all of these") is an intersection–union test: it holds when every piece's
+  95% interval holds on its own, with no adjustment (Berger 1982).
+- Each piece's own statement is Holm-adjusted within its claim; its interval is shown at the level
+  consistent with that test (:func:`resattn.report.stats.consistent_level`). The claim is
+  contradicted when any piece is, at that adjusted level.
+
+**Outcomes** of an interval against 0 on the claimed side and the paper's value:
+
+- ``reproduced``: it excludes 0 on the paper's side and holds the paper's value, or lies within
+  the claim's ``margin`` of it;
+- ``direction only``: it excludes 0 on the paper's side and excludes the paper's value (the ratio
+  of the effect to the paper's is given);
+- ``supported``: it excludes 0 on the claimed side and there is no paper value to weigh (claims
+  beyond the paper; Fig. 4's readings, judged against this project's threshold);
+- ``contradicted``: it excludes 0 on the other side; ``negligible``: it lies within ±the claim's
+  ``smallest_effect`` (an equivalence test);
+- ``inconclusive``: anything else.
+
+Verdicts use the seeds-and-images interval where every run recorded its per-image outcomes, else
+the seed-only one. Diverged runs are left out (converged pairs); their chance-error imputation is
+the sensitivity column. The words a ledger prints depend on the configuration's regime
+(:mod:`resattn.report.regime`, :func:`words`).
 """
 
 from __future__ import annotations
 
 import math
-import re
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from resattn.report.stats import decide, detectable, level, seeds_needed, side_verdict, trend, verdict
-from resattn.study.spec import Claim, Study, available_studies, load_profile, load_study, plural, profile_names
-from resattn.study.store import RunResult, atomic_path
+from resattn.report.regime import Regime, regime
+from resattn.report.stats import (
+    ALPHA,
+    Estimate,
+    consistent_level,
+    contrast,
+    detectable,
+    estimate,
+    holm,
+    seeds_needed,
+    slope_weights,
+)
+from resattn.study.spec import Claim, Study
+from resattn.study.store import RunResult, atomic_path, is_identity
 
-CLAIMS_CSV, LEDGER = "claims.csv", "CLAIMS"
+CLAIMS_CSV = "claims.csv"
+NOT_RUN, FEW_SEEDS = "not run", "needs ≥ 2 seeds"
+HOLDS = ("reproduced", "direction only", "supported")  # the interval excludes 0 on the claimed side
+AGAINST = ("contradicted", "negligible")
+BEYOND = "beyond the paper"  # a study's paper_table when the paper has no numbers for it
 COLUMNS = [
     "claim",
     "study",
     "paper_table",
+    "section",
     "kind",
     "evidence",
     "value",
+    "ci_low",
+    "ci_high",
+    "ci_level",
     "ci95_low",
     "ci95_high",
+    "seed_ci95_low",
+    "seed_ci95_high",
+    "interval_sources",
     "paper",
+    "ratio",
     "seeds",
+    "test_images",
     "diverged",
     "p",
+    "p_holm",
+    "outcome",
+    "sensitivity",
     "detectable",
     "seeds_for_paper",
-    "verdict",
-    "claim_verdict",
+    "claim_outcome",
+    "tier",
+    "reductions",
+    "train_images",
+    "steps",
+    "share",
+    "reference",
+    "reference_error",
+    "reference_paper",
     "profile",
     "configuration",
     "precision",
     "synthetic",
+    "device",
     "runs",
     "of_runs",
     "cuts",
     "note",
 ]
-NOT_RUN = "not run"
 
 
-def combine(verdicts: list[str]) -> str:
-    """A claim's verdict from those of its evidence (module docstring)."""
-    if not verdicts or all(v == NOT_RUN for v in verdicts):
-        return NOT_RUN
-    if "contradicted" in verdicts:
+@dataclass(frozen=True)
+class Piece:
+    """One piece of a claim's evidence: its estimate (main analysis), the null it is tested
+    against, the claimed side (+1: above the null), the paper's value on the same scale (NaN: none
+    to weigh) and the estimate with diverged runs at chance error (None: nothing diverged)."""
+
+    label: str
+    est: Estimate
+    null: float
+    side: float
+    paper: float
+    sensitivity: Estimate | None = None
+    shown_paper: float = math.nan  # the paper's value as printed (Fig. 4: a reading, "≈")
+    log: bool = False  # the estimate is of log ratios (printed as ratios)
+
+
+def outcome(low: float, high: float, piece: Piece, claim: Claim) -> str:
+    """The outcome of the interval [low, high] for ``piece`` (module docstring)."""
+    if math.isnan(low):
+        return "inconclusive"
+    above, below = low > piece.null, high < piece.null
+    if (above and piece.side > 0) or (below and piece.side < 0):
+        if math.isnan(piece.paper):
+            return "supported"
+        margin = claim.margin or 0.0
+        if low <= piece.paper <= high or (margin and piece.paper - margin <= low and high <= piece.paper + margin):
+            return "reproduced"
+        return "direction only"
+    if above or below:
         return "contradicted"
-    if all(v == "reproduced" for v in verdicts):
-        return "reproduced"
-    if all(v in ("needs ≥ 2 seeds", NOT_RUN) for v in verdicts):
-        return "needs ≥ 2 seeds"
+    small = claim.smallest_effect
+    if small and piece.null - small < low and high < piece.null + small:
+        return "negligible"
     return "inconclusive"
 
 
-def _each(claim: Claim, summary: pd.DataFrame) -> list[dict]:
-    rows = []
-    for name in claim.variants:
-        row = summary.loc[name]
-        rows.append(
-            {
-                "evidence": f"{name} − {row['reference']} (test error, pp)",
-                "value": row["diff_vs_ref"],
-                "ci95_low": row["diff_ci95_low"],
-                "ci95_high": row["diff_ci95_high"],
-                "paper": row["paper_diff"],
-                "seeds": row["paired_seeds"],
-                "diverged": row["diverged"] + row["ref_diverged"],
-                "p": row["p_holm"],
-                "detectable": row["detectable_diff"],
-                "seeds_for_paper": row["seeds_for_paper_diff"],
-                "verdict": _expected(claim, row) if row["paired_seeds"] else NOT_RUN,
-            }
-        )
-    return rows
+def combine(iut: list[str], adjusted: list[str]) -> str:
+    """A claim's outcome from its pieces' outcomes at 95% each (``iut``, the intersection–union
+    test of "all of these") and at their Holm-consistent levels (``adjusted``)."""
+    if not iut or all(o == NOT_RUN for o in iut):
+        return NOT_RUN
+    if all(o in HOLDS for o in iut):
+        if all(o == "reproduced" for o in iut):
+            return "reproduced"
+        return "supported" if all(o == "supported" for o in iut) else "direction only"
+    for kind in AGAINST:
+        if kind in adjusted:
+            return kind
+    if all(o in (FEW_SEEDS, NOT_RUN) for o in iut):
+        return FEW_SEEDS
+    return "inconclusive"
 
 
-def _expected(claim: Claim, row) -> str:
-    """A comparison's verdict; against the claim's own direction (``expect``) where the paper has no Δ."""
-    if claim.expect is None or not pd.isna(row["paper_diff"]):
-        return row["verdict"]
-    side = 1.0 if claim.expect == "higher" else -1.0
-    return decide(row["paired_seeds"], row["diff_ci95_low"], row["diff_ci95_high"], row["p_holm"], side)
+def words(outcome: str, tier: str, ratio: float | tuple[float, float] = math.nan, paper: bool = True) -> str:
+    """An outcome in the words its regime allows: only the paper protocol reproduces or
+    contradicts; a pilot or a shortened run is consistent with the direction, or not, or unclear.
+    ``ratio``: the effect over the paper's (a piece's, or the range of a claim's pieces)."""
+    low, high = ratio if isinstance(ratio, tuple) else (ratio, ratio)
+    times = ""
+    if not math.isnan(low) and outcome in HOLDS:
+        span = f"{low:.1f}x" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f}x"
+        times = f", effect {span} the paper's"
+    if outcome in (NOT_RUN, FEW_SEEDS):
+        return outcome
+    if tier == "paper protocol":
+        return {
+            "reproduced": "reproduced",
+            "direction only": f"direction only{times}",
+            "supported": "supported (direction; no paper value to weigh)",
+            "contradicted": "contradicted",
+            "negligible": "contradicted (smaller than the smallest effect of interest)",
+        }.get(outcome, "inconclusive")
+    whose = "the paper's" if paper else "the claimed"
+    if outcome in HOLDS:
+        return f"{tier}: consistent with {whose} direction{times}"
+    if outcome == "contradicted":
+        return f"{tier}: inconsistent with {whose} direction"
+    if outcome == "negligible":
+        return f"{tier}: effect below the smallest of interest"
+    return f"{tier}: unclear"
 
 
-def _trend(claim: Claim, study: Study, results: list[RunResult], summary: pd.DataFrame) -> list[dict]:
-    t = trend(study, results, claim.variants, claim.factor, claim.per)
-    s = t.slope
-    levels = {study.variant_name(v): v for v in study.variants()}[claim.variants[0]]
-    index = [f.name for f in study.factors].index(claim.factor)
-
-    def others(lvls: tuple[str, ...]) -> str:  # the levels of the factors other than the trend's
-        return "-".join(x for i, x in enumerate(lvls) if i != index)
-
-    involved = {*claim.variants, *(summary.loc[v, "reference"] for v in claim.variants)}
-    return [
-        {
-            "evidence": f"slope of ({others(levels)} − {others(study.reference_of(levels))}) over {claim.factor}, "
-            f"pp per {claim.unit}",
-            "value": s.delta,
-            "ci95_low": s.low,
-            "ci95_high": s.high,
-            "paper": t.paper,
-            "seeds": s.n,
-            "diverged": int(sum(summary.loc[v, "diverged"] for v in involved)),
-            "p": s.p,  # one trend test per study: nothing to adjust
-            "detectable": detectable(s.sd, s.n),
-            "seeds_for_paper": seeds_needed(t.paper, s.sd),
-            "verdict": verdict(s, t.paper, s.p) if s.n else NOT_RUN,
-        }
-    ]
+def _reference_levels(study: Study, levels: tuple[str, ...], claim: Claim) -> tuple[str, ...]:
+    against = dict(claim.against)
+    if against:
+        return tuple(against.get(f.name, lvl) for f, lvl in zip(study.factors, levels))
+    return study.reference_of(levels)
 
 
-def _response(claim: Claim, study: Study, results: list[RunResult]) -> list[dict]:
-    rows = []
+def _paper(study: Study, weights: dict[tuple[str, ...], float]) -> float:
+    values = [study.paper.get(levels) for levels in weights]
+    if any(v is None for v in values):
+        return math.nan
+    return float(sum(w * v for w, v in zip(weights.values(), values)))
+
+
+def _contrast_piece(study: Study, results: list[RunResult], label: str, weights: dict, claim: Claim) -> Piece:
+    """A piece from weights over variant levels; the side is the paper's sign, else ``expect``."""
+    names = {study.variant_name(levels): w for levels, w in weights.items()}
+    est = contrast(results, names)
+    paper = _paper(study, weights)
+    side = (
+        math.copysign(1.0, paper)
+        if not math.isnan(paper) and paper != 0
+        else (-1.0 if claim.expect == "lower" else 1.0)
+    )
+    sensitivity = contrast(results, names, impute=True) if est.diverged else None
+    return Piece(label, est, 0.0, side, paper, sensitivity, paper)
+
+
+def pieces(claim: Claim, study: Study, results: list[RunResult]) -> list[Piece]:
+    """The evidence of ``claim`` on ``results`` (module docstring)."""
+    by_name = {study.variant_name(v): v for v in study.variants()}
+    if claim.kind == "each":
+        out = []
+        for name in claim.variants:
+            ref = _reference_levels(study, by_name[name], claim)
+            label = f"{name} − {study.variant_name(ref)} (test error, pp)"
+            out.append(_contrast_piece(study, results, label, {by_name[name]: 1.0, ref: -1.0}, claim))
+        return out
+    if claim.kind == "trend":
+        index = [f.name for f in study.factors].index(claim.factor)
+        x = [float(by_name[v][index]) for v in claim.variants]
+        weights: dict[tuple[str, ...], float] = {}
+        for name, w in zip(claim.variants, slope_weights(x, claim.per)):
+            weights[by_name[name]] = weights.get(by_name[name], 0.0) + w
+            if not claim.absolute:
+                ref = study.reference_of(by_name[name])
+                weights[ref] = weights.get(ref, 0.0) - w
+        first = by_name[claim.variants[0]]
+        rest = "-".join(lvl for i, lvl in enumerate(first) if i != index)
+        if not claim.absolute:
+            ref_rest = "-".join(lvl for i, lvl in enumerate(study.reference_of(first)) if i != index)
+            what = f"({rest} − {ref_rest})"
+        else:
+            what = f"{rest}'s error"
+        label = f"slope of {what} over {claim.factor}, pp per {claim.unit}"
+        return [_contrast_piece(study, results, label, weights, claim)]
+    out = []
     for name, below in [*((v, True) for v in claim.collapses), *((v, False) for v in claim.holds)]:
         runs = [r for r in results if r.variant == name]
         for stage in claim.stages:
-            values = [r.probe[f"stage{stage}_rel"] for r in runs if f"stage{stage}_rel" in r.probe]
-            v = level(values, floor=0.0)  # a mean |response| ratio is >= 0
+            values = [
+                r.probe[f"stage{stage}_rel"] for r in runs if r.status == "finished" and f"stage{stage}_rel" in r.probe
+            ]
+            logs = np.log(np.maximum(np.asarray(values, dtype=float), 1e-12))
             paper = study.paper_response.get(name, [])
-            rows.append(
-                {
-                    "evidence": f"{name} stage-{stage} response / stage 1 ({'<' if below else '≥'} {claim.below:g})",
-                    "value": v.mean,
-                    "ci95_low": v.low,
-                    "ci95_high": v.high,
-                    "paper": paper[stage - 1] if len(paper) >= stage else math.nan,
-                    "seeds": v.n,
-                    "diverged": sum(r.status == "diverged" for r in runs),  # no probe: not in the values
-                    "p": math.nan,
-                    "detectable": math.nan,
-                    "seeds_for_paper": math.nan,
-                    "verdict": side_verdict(v, claim.below, below) if v.n else NOT_RUN,
-                }
+            out.append(
+                Piece(
+                    f"{name} stage-{stage} response / stage 1 ({'<' if below else '≥'} {claim.below:g}, "
+                    "this project's threshold)",
+                    estimate(logs, diverged=sum(r.status == "diverged" for r in runs)),
+                    math.log(claim.below),
+                    -1.0 if below else 1.0,
+                    math.nan,  # the paper's curve is read off a figure: judged against the threshold only
+                    shown_paper=paper[stage - 1] if len(paper) >= stage else math.nan,
+                    log=True,
+                )
             )
+    return out
+
+
+def _reference(claim: Claim, study: Study, results: list[RunResult]) -> tuple[str, float, float]:
+    """The claim's reference variant (its first comparison's), its mean error here and the paper's."""
+    by_name = {study.variant_name(v): v for v in study.variants()}
+    first = by_name[(claim.variants or claim.holds or claim.collapses)[0]]
+    levels = first if claim.kind == "response" or claim.absolute else _reference_levels(study, first, claim)
+    name = study.variant_name(levels)
+    errors = [r.test_error for r in results if r.variant == name and r.status == "finished"]
+    return name, float(np.mean(errors)) if errors else math.nan, study.paper.get(levels, math.nan)
+
+
+def _rows(claim: Claim, study: Study, results: list[RunResult], reg: Regime) -> list[dict]:
+    found = pieces(claim, study, results)
+    p = [pc.est.p(pc.null) for pc in found]
+    p_adj = holm(p) if len(found) > 1 else p
+    iut, adjusted, rows = [], [], []
+    for pc, raw, adj in zip(found, p, p_adj):
+        level = consistent_level(raw, adj)
+        low, high = pc.est.interval(level)
+        low95, high95 = pc.est.interval()
+        seed_low, seed_high = pc.est.interval(images=False)
+        if pc.est.n == 0:
+            first, second = NOT_RUN, NOT_RUN
+        elif pc.est.n < 2:
+            first, second = FEW_SEEDS, FEW_SEEDS
+        else:
+            first, second = outcome(low95, high95, pc, claim), outcome(low, high, pc, claim)
+        iut.append(first)
+        adjusted.append(second)
+        sens = ""
+        if pc.sensitivity is not None:
+            s_low, s_high = pc.sensitivity.interval(images=False)
+            sens = outcome(s_low, s_high, pc, claim)
+        show = np.exp if pc.log else (lambda v: v)
+        rows.append(
+            {
+                "evidence": pc.label,
+                "value": float(show(pc.est.delta)),
+                "ci_low": float(show(low)),
+                "ci_high": float(show(high)),
+                "ci_level": level,
+                "ci95_low": float(show(low95)),
+                "ci95_high": float(show(high95)),
+                "seed_ci95_low": float(show(seed_low)),
+                "seed_ci95_high": float(show(seed_high)),
+                "interval_sources": "seeds and test images" if pc.est.has_images else "seeds only",
+                "paper": pc.shown_paper,
+                "ratio": pc.est.delta / pc.paper if not math.isnan(pc.paper) and pc.paper else math.nan,
+                "seeds": pc.est.n,
+                "diverged": pc.est.diverged,
+                "p": raw,
+                "p_holm": adj,
+                "outcome": second,
+                "sensitivity": sens,
+                # planned for the claim's verdict: every piece at α (intersection-union); log scale for ratios
+                "detectable": detectable(pc.est, ALPHA) if not pc.log else math.nan,
+                "seeds_for_paper": seeds_needed(pc.paper, pc.est, ALPHA) if reg.tier == "paper protocol" else math.nan,
+            }
+        )
+    overall = combine(iut, adjusted)
+    for r in rows:
+        r["claim_outcome"] = overall
     return rows
 
 
-def judge(study: Study, summary: pd.DataFrame, results: list[RunResult]) -> pd.DataFrame:
-    """Every claim of ``study`` judged on one configuration's ``results`` (``summary``: their
-    :func:`resattn.report.stats.summarise`): one row per piece of evidence, in ``COLUMNS``, each
-    saying how many runs the configuration has of the study's (variants x seeds) and its cuts (the
-    command-line settings that change results), so that the ledger can prefer a complete one."""
-    summary = summary.set_index("variant", drop=False)
+def judge(study: Study, results: list[RunResult]) -> pd.DataFrame:
+    """Every claim of ``study`` judged on one configuration's ``results``: one row per piece of
+    evidence, in ``COLUMNS``, with the configuration's regime and how many of the study's runs
+    (variants x seeds) it has and its command-line cuts, so that the ledger can choose among them."""
     first = results[0]
+    reg = regime(results)
     of_runs = len(study.variants()) * len({r.seed for r in results})
-    cuts = "; ".join(f"{k}={v}" for k, v in first.overrides.items())
     rows = []
     for claim in study.claims:
-        if claim.kind == "each":
-            evidence = _each(claim, summary)
-        elif claim.kind == "trend":
-            evidence = _trend(claim, study, results, summary)
-        else:
-            evidence = _response(claim, study, results)
-        overall = combine([e["verdict"] for e in evidence])
-        for e in evidence:
+        ref, ref_error, ref_paper = _reference(claim, study, results)
+        for row in _rows(claim, study, results, reg):
             rows.append(
                 {
                     "claim": claim.text,
                     "study": study.name,
                     "paper_table": study.paper_table,
+                    "section": BEYOND if study.paper_table == BEYOND else "paper",
                     "kind": claim.kind,
-                    **e,
-                    "claim_verdict": overall,
+                    **row,
+                    "tier": reg.tier,
+                    "reductions": "; ".join(reg.reductions),
+                    "train_images": reg.train_images,
+                    "test_images": reg.test_images,
+                    "steps": reg.steps,
+                    "share": reg.fraction,
+                    "reference": ref,
+                    "reference_error": ref_error,
+                    "reference_paper": ref_paper,
                     "profile": first.profile,
                     "configuration": first.configuration,
                     "precision": first.precision,
                     "synthetic": first.synthetic,
+                    "device": "; ".join(sorted({r.device for r in results})),
                     "runs": len(results),
                     "of_runs": of_runs,
-                    "cuts": cuts,
+                    "cuts": "; ".join(f"{k}={v}" for k, v in first.overrides.items() if is_identity(k)),
                     "note": study.notes,
                 }
             )
@@ -204,144 +388,3 @@ def write_claims(df: pd.DataFrame, folder: Path) -> Path | None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return path
-
-
-def _partial(row) -> str:
-    """``; 4 of 6 runs; cut: trainer.max_epochs=1`` for a configuration with runs missing or cut
-    from the command line (a report written before these columns existed was complete); else ``""``."""
-    runs, of = row.get("runs"), row.get("of_runs")
-    missing = f"; {int(runs)} of {int(of)} runs" if not pd.isna(runs) and not pd.isna(of) and runs < of else ""
-    cuts = row.get("cuts")
-    return missing + (f"; cut: {cuts}" if isinstance(cuts, str) and cuts else "")
-
-
-def _fidelity(df: pd.DataFrame, order: list[str]) -> tuple:
-    """How faithful a configuration's evidence is: complete and uncut first (every run of the study,
-    no command-line cuts), then its profile's place in profiles.yaml, then seeds."""
-    profile = df["profile"].iloc[0]
-    whole = not _partial(df.iloc[0])
-    return (whole, order.index(profile) if profile in order else -1, df["seeds"].max(), df["configuration"].iloc[0])
-
-
-def ledger(reports_dir: Path) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """For every claim of every study: the evidence of the most faithful configuration under
-    ``reports_dir`` (or a ``not run`` row); and, per study, the configurations that have claims."""
-    order = profile_names()
-    rows, configurations = [], {}
-    for name in available_studies():
-        study = load_study(name)
-        if not study.claims:
-            continue
-        found = [pd.read_csv(p) for p in sorted((Path(reports_dir) / name).glob(f"*/{CLAIMS_CSV}"))]
-        found = [df for df in found if not df.empty and not ("synthetic" in df and df["synthetic"].any())]
-        configurations[name] = [df["configuration"].iloc[0] for df in found]
-        best = max(found, key=lambda df: _fidelity(df, order)) if found else None
-        for claim in study.claims:
-            mine = best[best["claim"] == claim.text] if best is not None else None
-            if mine is not None and not mine.empty:
-                rows += mine.to_dict("records")
-            else:
-                rows.append(
-                    {
-                        "claim": claim.text,
-                        "study": name,
-                        "paper_table": study.paper_table,
-                        "kind": claim.kind,
-                        "verdict": NOT_RUN,
-                        "claim_verdict": NOT_RUN,
-                        "note": study.notes,
-                    }
-                )
-    return pd.DataFrame(rows, columns=COLUMNS), configurations
-
-
-def _num(value, digits: int = 2, signed: bool = True) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, float) and math.isinf(value):
-        return "∞"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _evidence(row) -> str:
-    """One piece of evidence in a ledger cell: value [95% CI], the paper's, seeds, verdict, seeds needed."""
-    signed, digits = row["kind"] != "response", 2 if row["kind"] != "response" else 3
-    interval = ""
-    if not pd.isna(row["ci95_low"]):
-        interval = f" [{_num(row['ci95_low'], digits, signed)}, {_num(row['ci95_high'], digits, signed)}]"
-    seeds = int(row["seeds"]) if not pd.isna(row["seeds"]) else 0
-    diverged = f", {int(row['diverged'])} diverged (at chance error)" if row["diverged"] else ""
-    plan = ""
-    if not pd.isna(row["seeds_for_paper"]):
-        plan = f"; the paper's value needs {_num(row['seeds_for_paper'], 0, signed=False)} seeds"
-    return (
-        f"{row['evidence']}: {_num(row['value'], digits, signed)}{interval}, paper {_num(row['paper'], 2, signed)} "
-        f"({plural(seeds, 'seed')}{diverged}): *{row['verdict']}*{plan}"
-    )
-
-
-def write_ledger(reports_dir: Path) -> list[Path]:
-    """``CLAIMS.md`` and ``CLAIMS.csv`` in ``reports_dir``, from the reports' ``claims.csv``."""
-    df, configurations = ledger(reports_dir)
-    reports_dir = Path(reports_dir)
-    profiles = {name: load_profile(name).synthetic for name in profile_names()}
-    faithful = ", then ".join(name for name in reversed(profiles) if not profiles[name])
-    synthetic = ", ".join(name for name, generated in profiles.items() if generated)
-    lines = [
-        "# Claims ledger: the paper's claims, judged by this suite",
-        "",
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the reports under `{reports_dir}/` "
-        "(`studies/report.py --claims` rebuilds it). For each study, the evidence of its most faithful "
-        f"configuration with results (complete and without command-line cuts first, else its missing runs "
-        f"and cuts are named; then profile {faithful}; then the most seeds); configurations trained on "
-        f"synthetic data (the {synthetic} profile) test the code, not the paper, and are left out.",
-        "",
-        "Evidence: a difference (variant − reference, test error in pp) with its 95% paired t interval over seeds "
-        "and its verdict (reproduced: the interval excludes 0 on the paper's side and the Holm-adjusted p < 0.05; "
-        "contradicted: it excludes 0 on the other side and p < 0.05; inconclusive: these seeds cannot tell); a "
-        "trend's slope of the per-seed differences over the factor, judged the same way; a probed value against "
-        "the paper's threshold (reproduced when its 95% interval lies on the claimed side). A claim is reproduced "
-        "when all its evidence is, contradicted when any of it is. 'needs N seeds': the seeds a paired test needs "
-        "to detect the paper's value with 80% power, given the spread seen here.",
-        "",
-        "| claim | study | configuration | evidence | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    for claim, group in df.groupby("claim", sort=False):
-        first = group.iloc[0]
-        if first["claim_verdict"] == NOT_RUN:
-            where, evidence = "—", "no results yet"
-        else:
-            seeds = int(group["seeds"].max())
-            where = (
-                f"`{first['configuration']}` ({first['profile']}, {first['precision']}, {plural(seeds, 'seed')}"
-                f"{_partial(first)})"
-            )
-            evidence = "<br>".join(_evidence(row) for _, row in group.iterrows())
-        note = " ¹" if isinstance(first["note"], str) and first["note"] else ""
-        lines.append(
-            f"| {claim} | {first['study']} ({first['paper_table']}){note} | {where} | {evidence} | "
-            f"**{first['claim_verdict']}** |"
-        )
-    notes = {r["study"]: r["note"] for _, r in df.iterrows() if isinstance(r["note"], str) and r["note"]}
-    if notes:
-        lines += ["", "¹ " + " ".join(f"{study}: {note}" for study, note in notes.items())]
-    lines += [
-        "",
-        "Configurations with claims, by study: "
-        + "; ".join(f"{study}: {', '.join(c) or 'none'}" for study, c in configurations.items()),
-    ]
-    md, csv = reports_dir / f"{LEDGER}.md", reports_dir / f"{LEDGER}.csv"
-    text, table = "\n".join(lines) + "\n", df.to_csv(index=False)
-    if csv.is_file() and md.is_file() and csv.read_text() == table and _undated(md.read_text()) == _undated(text):
-        return [md, csv]  # nothing changed: the committed ledger keeps its date
-    with atomic_path(md) as tmp:
-        tmp.write_text(text)
-    with atomic_path(csv) as tmp:
-        tmp.write_text(table)
-    return [md, csv]
-
-
-def _undated(text: str) -> str:
-    """The ledger without its generation time."""
-    return re.sub(r"^Generated \S+ \S+ UTC ", "", text, flags=re.M)

@@ -2,7 +2,7 @@
 the paper's (each on its own axis), the difference a trend claim is about against its factor with
 the paper's on the same axis, learning curves, the Fig. 4 response per stage and per module, mask
 value distributions, and the soft masks over test images. Legends sit outside the data; a figure
-of one seed says it has no interval; diverged runs (at the error of chance) are marked."""
+of one seed says it has no interval; variants with diverged runs (left out of the errors) are marked."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.gridspec import GridSpec  # noqa: E402
 
-from resattn.report.stats import Trend, confidence_interval, errors_by_variant  # noqa: E402
+from resattn.report.claims import words  # noqa: E402
+from resattn.report.stats import contrast, ratio_level  # noqa: E402
 from resattn.study.spec import Claim, Study, plural  # noqa: E402
 from resattn.study.store import RunResult, atomic_path  # noqa: E402
 
@@ -93,7 +94,7 @@ def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path, groups: list[
         ax.scatter(x[diverged], mean[diverged], s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3)
         for i in np.flatnonzero(diverged):
             ax.annotate(
-                f"{df['diverged'].iloc[i]} diverged\n(at chance error)",
+                f"{df['diverged'].iloc[i]} diverged\n(left out)",
                 (x[i], mean[i]),
                 xytext=(8, -4),
                 textcoords="offset points",
@@ -118,54 +119,70 @@ def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path, groups: list[
 
 
 def trend_differences(
-    study: Study, results: list[RunResult], claim: Claim, t: Trend, verdict: str, subtitle: str, path: Path
+    study: Study, results: list[RunResult], claim: Claim, piece, row, subtitle: str, path: Path
 ) -> Path | None:
-    """A trend claim's picture: the difference (variant − reference) at each level of the factor,
-    each seed's and their mean with the 95% paired interval, and the paper's on the same axis (a
-    difference in percentage points is comparable across regimes; the errors are not)."""
+    """A trend claim's picture: at each level of the factor, the difference (variant − reference),
+    or the variant's own error (``absolute: true``), each seed's and their mean with its 95% interval
+    over seeds and test images, and the paper's on the same axis (a difference in percentage
+    points is comparable across regimes; the errors are not: they get their own axis). ``piece``
+    and ``row``: the claim's slope and its judged row (:mod:`resattn.report.claims`)."""
     by_name = {study.variant_name(v): v for v in study.variants()}
     index = [f.name for f in study.factors].index(claim.factor)
-    errors = errors_by_variant(results)
+    relative = not claim.absolute
     fig, ax = plt.subplots(figsize=(7.8, 4.6))
+    paper_ax = ax if relative else ax.twinx()
     x, means, lows, highs, paper = [], [], [], [], []
     for name in claim.variants:
         levels = by_name[name]
         ref = study.variant_name(study.reference_of(levels))
-        seeds = sorted(set(errors.get(name, {})) & set(errors.get(ref, {})))
-        diffs = np.array([errors[name][s] - errors[ref][s] for s in seeds])
+        weights = {name: 1.0, ref: -1.0} if relative else {name: 1.0}
+        by = {(r.variant, r.seed): r for r in results if r.status == "finished"}
+        seeds = sorted(s for (v, s) in by if v == name and all((w, s) in by for w in weights))
+        values = [sum(w * by[v, s].test_error for v, w in weights.items()) for s in seeds]
         level = float(levels[index])
         x.append(level)
-        if len(diffs):
-            ax.scatter(np.full(len(diffs), level), diffs, s=14, color="0.55", zorder=2)
-        lo, hi = confidence_interval(diffs) if len(diffs) else (np.nan, np.nan)
-        means.append(diffs.mean() if len(diffs) else np.nan)
+        if values:
+            ax.scatter(np.full(len(values), level), values, s=14, color="0.55", zorder=2)
+        est = contrast(results, weights)
+        lo, hi = est.interval()
+        means.append(est.delta)
         lows.append(lo)
         highs.append(hi)
-        paper.append(study.paper.get(levels, np.nan) - study.paper.get(study.reference_of(levels), np.nan))
+        theirs = study.paper.get(levels, np.nan)
+        paper.append(theirs - study.paper.get(study.reference_of(levels), np.nan) if relative else theirs)
     x, means = np.array(x), np.array(means)
-    n = t.slope.n
+    n = piece.est.n
     yerr = np.nan_to_num([means - np.array(lows), np.array(highs) - means])
-    ax.errorbar(
-        x, means, yerr=yerr, marker="o", capsize=5, color="C0", lw=2, label=f"this study ({_interval_label(n)})"
-    )
+    label = "this study (mean, 95% CI over seeds and test images)" if n > 1 else f"this study ({plural(n, 'seed')})"
+    ax.errorbar(x, means, yerr=yerr, marker="o", capsize=5, color="C0", lw=2, label=label)
     ax.scatter([], [], s=14, color="0.55", label="each seed")
     if not np.isnan(paper).all():
-        ax.plot(x, paper, ls="--", marker="x", color="C3", lw=2, label="paper")
-    ax.axhline(0, color="black", lw=0.8)
-    ref_name = "-".join(x for i, x in enumerate(study.reference_of(by_name[claim.variants[0]])) if i != index)
-    name = "-".join(x for i, x in enumerate(by_name[claim.variants[0]]) if i != index)
-    ax.set_xlabel(claim.factor.replace("_", " "))
-    ax.set_ylabel(f"Δ test error, {name} − {ref_name} (pp)")
-    ax.set_xticks(x)
-    s = t.slope
-    if np.isnan(s.low):
-        slope = f"slope {s.delta:+.2f} pp per {claim.unit} (no interval from {plural(n, 'seed')})"
+        paper_ax.plot(
+            x, paper, ls="--", marker="x", color="C3", lw=2, label="paper" + ("" if relative else " (right axis)")
+        )
+    name = "-".join(v for i, v in enumerate(by_name[claim.variants[0]]) if i != index)
+    if relative:
+        ax.axhline(0, color="black", lw=0.8)
+        ref_name = "-".join(v for i, v in enumerate(study.reference_of(by_name[claim.variants[0]])) if i != index)
+        ax.set_ylabel(f"Δ test error, {name} − {ref_name} (pp)")
     else:
-        slope = f"slope {s.delta:+.2f} [{s.low:+.2f}, {s.high:+.2f}] pp per {claim.unit}"
-    paper_slope = "" if np.isnan(t.paper) else f", paper {t.paper:+.2f}"
-    ax.set_title(f"{claim.text}\n{slope}{paper_slope}: {verdict}\n{subtitle}", fontsize=9)
+        ax.set_ylabel(f"{name} test error (%), this study")
+        paper_ax.set_ylabel(f"{name} test error (%), paper", color="C3")
+    ax.set_xlabel(claim.factor.replace("_", " "))
+    ax.set_xticks(x)
+    if np.isnan(row["ci95_low"]):
+        slope = f"slope {row['value']:+.2f} pp per {claim.unit} (no interval from {plural(n, 'seed')})"
+    else:
+        slope = f"slope {row['value']:+.2f} [{row['ci95_low']:+.2f}, {row['ci95_high']:+.2f}] pp per {claim.unit}"
+    paper_slope = "" if np.isnan(row["paper"]) else f", paper {row['paper']:+.2f}"
+    said = words(row["claim_outcome"], row["tier"], row["ratio"])
+    ax.set_title(f"{claim.text}\n{slope}{paper_slope}: {said}\n{subtitle}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    handles = ax.get_legend_handles_labels()
+    if paper_ax is not ax:
+        extra = paper_ax.get_legend_handles_labels()
+        handles = (handles[0] + extra[0], handles[1] + extra[1])
+    ax.legend(*handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.12 if not relative else 1.01, 1.0))
     return _save(fig, path)
 
 
@@ -221,25 +238,32 @@ def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle:
 
 
 def _probe_curve(results: list[RunResult], name: str, keys: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean over seeds of the probe values ``keys`` of a variant (each >= 0) and the distances from
-    it to the ends of its 95% CI, the low end at 0 at most (errorbar's ``yerr``), and the seeds."""
+    """The geometric mean over seeds of the probe ratios ``keys`` of a variant and the distances
+    from it to the ends of its 95% CI on the log scale (errorbar's ``yerr``; never below 0), and
+    the seeds. Ratios spanning orders of magnitude: a t interval on the ratios would go negative."""
     values = np.array(
         [[r.probe[k] for k in keys] for r in results if r.variant == name and all(k in r.probe for k in keys)]
     )
     if not len(values):
         return np.array([]), np.array([]), 0
-    mean = values.mean(0)
-    ends = np.array([confidence_interval(values[:, j], floor=0.0) for j in range(values.shape[1])]).T
-    return mean, np.abs(ends - mean), len(values)
+    levels = np.array([ratio_level(values[:, j]) for j in range(values.shape[1])]).T
+    mean = levels[0]
+    return mean, np.abs(levels[1:] - mean), len(values)
 
 
 def relative_response(
-    results: list[RunResult], styles: dict[str, dict], paper: dict[str, list[float]], subtitle: str, path: Path
+    results: list[RunResult],
+    styles: dict[str, dict],
+    paper: dict[str, list[float]],
+    subtitle: str,
+    path: Path,
+    threshold: float | None = None,
 ) -> Path | None:
     """Paper Fig. 4, measured on the final weights: each stage's mean |output| relative to stage 1's,
     beside the paper's (left), and the same after each attention module's fusion H (right, log
     scale), where a collapse under NAL shows module by module. The variants the paper plots, when
-    it does; every variant otherwise."""
+    it does; every variant otherwise. Geometric means with 95% intervals on the log scale; the
+    paper's curves are read off its figure (≈); ``threshold``: a response claim's, this project's."""
     names = [n for n in styles if n in paper] or list(styles)
     colours = variant_colours(names)
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1, 1.6]})
@@ -285,10 +309,21 @@ def relative_response(
     if not drawn:
         plt.close(fig)
         return None
+    if threshold is not None:
+        left.axhline(threshold, color="0.4", ls="--", lw=1)
+        left.annotate(
+            f"{threshold:g}: this project's threshold",
+            (1, threshold),
+            xytext=(2, 3),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.3",
+        )
+    left.set_yscale("log")
     left.set_xlabel("stage")
-    left.set_ylabel("mean |stage output| / stage 1's")
+    left.set_ylabel("mean |stage output| / stage 1's (log)")
     left.set_xticks([1, 2, 3])
-    left.set_title("Per stage (Fig. 4): this study (o), the paper (x, dotted)", fontsize=10)
+    left.set_title("Per stage (Fig. 4): this study (o, geometric mean, 95% CI), the paper (x, ≈ read off)", fontsize=9)
     left.grid(alpha=0.3)
     right.set_yscale("log")
     right.set_xlabel("attention module, in network order (grey lines: stage boundaries; bands: range over seeds)")

@@ -1,22 +1,29 @@
-"""Statistics of a study: per-variant mean, std and 95% CI over seeds; for each variant against its
-reference, the mean paired difference over matched seeds with its 95% t interval and Holm-adjusted
-p-value, a verdict on the paper's claim, and what the study could detect; the slope of those
-differences over a factor (trend claims) and per-seed quantities against a threshold (Fig. 4).
+"""Statistics of a study's test errors: contrasts over seeds and test images, families, power.
 
-Verdicts are decided from intervals, never from a sign alone:
+Every piece of evidence is a *contrast*: a weighted sum of variants' test errors (pp), e.g.
+``nal-56 − arl-56`` (weights +1, −1) or the slope of such differences over depth. For each seed
+with every variant of the contrast it is one number; the seeds vary by training randomness, the
+test images by which images happened to be in the test split (the same images for every seed).
 
-- ``reproduced``: the 95% interval of Δ excludes 0 on the paper's side and the Holm p < 0.05;
-- ``contradicted``: it excludes 0 on the other side and the Holm p < 0.05;
-- ``inconclusive``: anything else (the data cannot tell the directions apart);
-- ``needs ≥ 2 seeds``: one matched seed gives no interval; ``no paper Δ``: nothing to judge against.
+- **Seed-only interval**: the Student t interval of the per-seed contrasts (scipy's
+  ``ttest_1samp``), the variation from training alone, on this test split.
+- **Seeds-and-images interval** (what verdicts use): the same mean with the standard error
+  ``SE² = s²/k + v/N``, where ``s`` is the SD of the k per-seed contrasts and ``v`` the variance
+  over the N test images of each image's contrast averaged over the seeds (``d_i = mean_s Σ_v w_v
+  100·wrong_{v,s,i}``), and Welch–Satterthwaite degrees of freedom; never narrower than the
+  seed-only interval (with 3 seeds the Satterthwaite df can exceed 2). ``v/N`` is the test-sample
+  noise a fixed split adds (about 1.5 pp per error at 60% on 1,000 images); the seed term already
+  holds the seed-by-image interaction, so the sum errs on the wide side. This is the analytic form
+  of a paired two-way bootstrap over seeds and images; the tests check it against a bootstrap and
+  its coverage against a population of known variance. Where a result has no per-image record (an
+  earlier version, several devices) the seed-only interval is all there is, and is named so.
 
-With zero variance of the paired differences (the same Δ in every seed) no t-test exists: no
-interval, no p, ``inconclusive``, and no power figures (there is no SD to plan with).
-
-Next to it: the smallest |Δ| the study could detect with 80% power (two-sided paired t-test at
-α = 0.05, from the observed SD of the paired differences and the number of seeds) and the seeds
-needed to detect the paper's Δ with that SD. A diverged run counts with the error of chance
-(1 − 1/classes), so a variant that diverges never looks better for it.
+Families (:mod:`resattn.report.claims`): Holm's step-down adjustment within one claim's own
+comparisons (statsmodels' ``multipletests``), and intervals at the level consistent with it
+(:func:`consistent_level`). Power and seeds needed: the paired t test's power (checked against
+statsmodels' ``TTestPower``) at the α the verdict uses, from an upper confidence bound of the seed
+SD (:func:`upper_sd`). Divergence: Fisher's exact
+test of a variant's diverged runs against its reference's (scipy).
 """
 
 from __future__ import annotations
@@ -27,273 +34,270 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+from statsmodels.stats.multitest import multipletests
 
 from resattn.config import DEFAULT_DATASET, NUM_CLASSES
 from resattn.study.spec import Study
 from resattn.study.store import RunResult
 
 ALPHA, POWER, LEVEL = 0.05, 0.8, 0.95
+SD_CONFIDENCE = 0.8  # planning uses the 80% upper confidence bound of the seed SD, not the SD seen
 MAX_SEEDS = 10_000  # "seeds needed" beyond this reads as infinite
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    if ok.size:
-        order = ok[np.argsort(p[ok])]
-        m = order.size
-        adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
-        out[order] = np.minimum(adjusted, 1.0)
-    return out.tolist()
-
-
-def confidence_interval(values: np.ndarray, level: float = LEVEL, floor: float | None = None) -> tuple[float, float]:
-    """Student-t interval of the mean, its low end at least ``floor`` (a quantity that cannot be
-    below it, e.g. 0 for a response); NaN with fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return math.nan, math.nan
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    low = values.mean() - half
-    return (low if floor is None else max(low, floor)), values.mean() + half
-
-
 @dataclass(frozen=True)
-class Paired:
-    """Paired differences (variant − reference) over matched seeds: mean Δ, its t interval, the
-    two-sided p-value and the SD of the differences. Fewer than two pairs, a NaN, or zero variance
-    (the same Δ in every seed, e.g. errors quantised by a small test set): no t-test is possible,
-    so no interval and no p (the verdict is then not ``reproduced``)."""
+class Estimate:
+    """A contrast of test errors (pp): its mean over ``n`` seeds, the SD ``sd`` of the per-seed
+    values, and the test-sample standard error ``se_images`` over ``images`` test images (NaN and 0
+    where the per-image outcomes are not recorded). ``diverged``: runs of the contrast's variants
+    left out (main analysis) or counted at chance error (sensitivity)."""
 
     n: int
     delta: float
-    low: float
-    high: float
-    p: float
     sd: float
+    se_images: float = math.nan
+    images: int = 0
+    diverged: int = 0
+
+    @property
+    def has_images(self) -> bool:
+        return self.images > 0 and not math.isnan(self.se_images)
+
+    def se(self, images: bool = True) -> float:
+        """The standard error of the mean: seeds and test images, or seeds only."""
+        seeds = self.sd / math.sqrt(self.n) if self.n >= 2 and not math.isnan(self.sd) else math.nan
+        if images and self.has_images and not math.isnan(seeds):
+            return math.hypot(seeds, self.se_images)
+        return seeds
+
+    def df(self, images: bool = True) -> float:
+        """Welch–Satterthwaite degrees of freedom of :meth:`se` (k − 1 for seeds only)."""
+        if not (images and self.has_images) or self.n < 2:
+            return float(self.n - 1)
+        a, b = (self.sd**2) / self.n, self.se_images**2
+        if a + b == 0:
+            return float(self.n - 1)
+        return (a + b) ** 2 / (a**2 / (self.n - 1) + b**2 / (self.images - 1))
+
+    def testable(self, images: bool = True) -> bool:
+        """A t statistic exists: two seeds or more, and a spread to divide by."""
+        se = self.se(images)
+        return self.n >= 2 and not math.isnan(se) and se > 0
+
+    def p(self, null: float = 0.0, images: bool = True) -> float:
+        """Two-sided p of the t test of ``delta == null``; NaN where :meth:`testable` is false. With
+        the test images: the larger of the seeds-and-images and the seed-only p (see :meth:`interval`)."""
+        if not self.testable(images):
+            return math.nan
+        p = float(2 * stats.t.sf(abs(self.delta - null) / self.se(images), self.df(images)))
+        return max(p, self.p(null, images=False)) if images and self.testable(False) else p
+
+    def interval(self, level: float = LEVEL, images: bool = True) -> tuple[float, float]:
+        """The t interval of the mean at ``level``; NaN where :meth:`testable` is false. With the test
+        images: the wider of the seeds-and-images interval and the seed-only one, so that adding a
+        source of noise never narrows it (the Satterthwaite df can outgrow the seeds' k − 1)."""
+        if not self.testable(images):
+            return math.nan, math.nan
+        half = stats.t.ppf(0.5 + level / 2, self.df(images)) * self.se(images)
+        low, high = self.delta - half, self.delta + half
+        if images and self.testable(False):
+            seeds = self.interval(level, images=False)
+            low, high = min(low, seeds[0]), max(high, seeds[1])
+        return low, high
 
 
-def paired(diffs: np.ndarray, level: float = LEVEL) -> Paired:
-    diffs = np.asarray(diffs, dtype=float)
-    n = len(diffs)
-    delta = float(diffs.mean()) if n else math.nan
-    if n < 2 or np.isnan(diffs).any():
-        return Paired(n, delta, math.nan, math.nan, math.nan, math.nan)
-    sd = float(diffs.std(ddof=1))
-    if sd == 0:
-        return Paired(n, delta, math.nan, math.nan, math.nan, 0.0)
-    result = stats.ttest_1samp(diffs, 0.0)
-    interval = result.confidence_interval(level)
-    return Paired(n, delta, float(interval.low), float(interval.high), float(result.pvalue), sd)
+def estimate(per_seed: np.ndarray, per_image: np.ndarray | None = None, diverged: int = 0) -> Estimate:
+    """The :class:`Estimate` of per-seed contrasts and, where recorded, the per-image contrasts
+    averaged over the seeds (``d_i`` of the module docstring)."""
+    values = np.asarray(per_seed, dtype=float)
+    n = len(values)
+    delta = float(values.mean()) if n else math.nan
+    sd = float(values.std(ddof=1)) if n >= 2 else math.nan
+    if n and np.isnan(values).any():
+        return Estimate(n, delta, math.nan, diverged=diverged)
+    if per_image is None or len(per_image) < 2:
+        return Estimate(n, delta, sd, diverged=diverged)
+    d = np.asarray(per_image, dtype=float)
+    return Estimate(n, delta, sd, float(d.std(ddof=1) / math.sqrt(len(d))), len(d), diverged)
 
 
-def power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of the two-sided paired t-test at level ``alpha`` to detect a true mean difference
-    ``delta`` with ``n`` pairs whose differences have SD ``sd`` (non-central t)."""
-    df, nc = n - 1, abs(delta) * math.sqrt(n) / sd
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-adjusted p-values (statsmodels ``multipletests``); NaN stays NaN and is no test."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], alpha=ALPHA, method="holm")[1]
+    return out.tolist()
+
+
+def consistent_level(p: float, p_adjusted: float, alpha: float = ALPHA) -> float:
+    """The confidence level of an interval that excludes the null exactly when the adjusted test
+    rejects: ``1 − α·p/p_adjusted`` (its t interval excludes the null iff ``p < α·p/p_adj``, i.e.
+    iff ``p_adj < α``). For the smallest of m p-values under Holm it is Bonferroni's 1 − α/m."""
+    if math.isnan(p) or math.isnan(p_adjusted) or p_adjusted == 0:
+        return 1 - alpha
+    return 1 - alpha * p / p_adjusted
+
+
+def upper_sd(sd: float, n: int, confidence: float = SD_CONFIDENCE) -> float:
+    """The one-sided upper confidence bound of an SD from ``n`` values (chi-square, n − 1 df)."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    return sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1))
+
+
+def _power(delta: float, se: float, n: int, alpha: float) -> float:
+    """Power of the two-sided t test (n − 1 df) of a mean whose standard error is ``se``: the
+    non-central t's two tails. Written with scipy rather than statsmodels' ``TTestPower.power``
+    (which the tests compare it with): that one returns NaN where the far tail underflows (2 seeds,
+    large effects), which is 0 there."""
+    df, nc = n - 1, abs(delta) / se
     crit = stats.t.ppf(1 - alpha / 2, df)
-    wrong_side = stats.nct.cdf(-crit, df, nc)  # NaN where it underflows (far below 1e-15): it is 0 there
+    wrong_side = stats.nct.cdf(-crit, df, nc)
     return float(stats.nct.sf(crit, df, nc) + (0.0 if math.isnan(wrong_side) else wrong_side))
 
 
-def detectable(sd: float, n: int, alpha: float = ALPHA, target: float = POWER) -> float:
-    """The smallest |Δ| a paired t-test over ``n`` seeds detects with power ``target``."""
-    if n < 2 or not sd > 0:  # no SD to plan with
+def detectable(est: Estimate, alpha: float = ALPHA, target: float = POWER) -> float:
+    """The smallest |Δ| the t test over ``est.n`` seeds detects with power ``target`` at ``alpha``,
+    from the upper bound of the seed SD and the test-sample error."""
+    if est.n < 2 or not est.sd > 0 and not est.has_images:
         return math.nan
-    return float(optimize.brentq(lambda d: power(d, sd, n, alpha) - target, 1e-12, 50 * sd))  # n=2: 10.6 sd
+    se = _planning_se(est, est.n)
+    # the bracket's top: 100 se (n=2, α=0.05 needs 10.6 se)
+    return float(optimize.brentq(lambda d: _power(d, se, est.n, alpha) - target, 1e-9 * se, 100 * se))
 
 
-def seeds_needed(delta: float, sd: float, alpha: float = ALPHA, target: float = POWER) -> float:
-    """The fewest seeds (>= 2) whose paired t-test detects ``delta`` with power ``target`` given the
-    SD ``sd`` of the differences; inf if beyond ``MAX_SEEDS`` or ``delta`` is 0; NaN if unknown."""
-    if math.isnan(delta) or not sd > 0:  # no SD to plan with
+def _planning_se(est: Estimate, k: int) -> float:
+    """The standard error with ``k`` seeds: the seed SD's upper bound over √k, and the measured
+    test-sample error (which more seeds do not shrink: the split stays the same)."""
+    sd = upper_sd(est.sd, est.n) if est.sd > 0 else 0.0
+    return math.hypot(sd / math.sqrt(k), est.se_images if est.has_images else 0.0)
+
+
+def seeds_needed(delta: float, est: Estimate, alpha: float = ALPHA, target: float = POWER) -> float:
+    """The fewest seeds (>= 2) whose t test detects ``delta`` with power ``target`` at ``alpha``
+    (:func:`_planning_se`); inf beyond ``MAX_SEEDS`` (or when the test images alone hide it)."""
+    if math.isnan(delta) or est.n < 2 or not (est.sd > 0 or est.has_images):
         return math.nan
     if delta == 0:
         return math.inf
     n = 2
-    while power(delta, sd, n, alpha) < target:
+    while _power(delta, _planning_se(est, n), n, alpha) < target:
         n = n * 2 if n < 64 else n + 64  # coarse search upwards, then exact below
         if n > MAX_SEEDS:
             return math.inf
     low = max(2, n // 2 if n <= 64 else n - 64)
-    return float(next(k for k in range(low, n + 1) if power(delta, sd, k, alpha) >= target))
+    return float(next(k for k in range(low, n + 1) if _power(delta, _planning_se(est, k), k, alpha) >= target))
 
 
-def verdict(comparison: Paired, paper_delta: float, p_holm: float) -> str:
-    """``reproduced`` / ``contradicted`` / ``inconclusive`` (module docstring), or why there is none."""
-    if comparison.n >= 2 and (math.isnan(paper_delta) or paper_delta == 0):
-        return "no paper Δ"
-    return decide(comparison.n, comparison.low, comparison.high, p_holm, paper_delta)
-
-
-def decide(n: int, low: float, high: float, p_holm: float, side: float) -> str:
-    """The verdict of an interval [low, high] over ``n`` seeds with Holm-adjusted p ``p_holm``, for a
-    claim that the difference lies on the side of the sign of ``side``."""
-    if n < 2:
-        return "needs ≥ 2 seeds"
-    if math.isnan(low) or math.isnan(p_holm) or p_holm >= ALPHA:
-        return "inconclusive"
-    side = math.copysign(1.0, side)
-    if (low > 0 and side > 0) or (high < 0 and side < 0):
-        return "reproduced"
-    if (low > 0 and side < 0) or (high < 0 and side > 0):
-        return "contradicted"
-    return "inconclusive"
+def diverged_p(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
+    """Fisher's exact test (two-sided) of diverged runs, a variant's against its reference's."""
+    if not runs or not ref_runs:
+        return math.nan
+    return float(stats.fisher_exact([[diverged, runs - diverged], [ref_diverged, ref_runs - ref_diverged]])[1])
 
 
 def chance_error(result: RunResult) -> float:
-    """The test error (%) of guessing: what a diverged run counts as."""
+    """The test error (%) of guessing: what a diverged run counts as in the sensitivity analysis."""
     data = result.config["data"]
     dataset = data.get("dataset", DEFAULT_DATASET)  # absent from the resolved config: the default
     classes = NUM_CLASSES.get(dataset) or data.get("synthetic_classes", 10)
     return 100.0 * (1 - 1 / classes)
 
 
-def error_of(result: RunResult) -> float:
-    """A run's test error for the statistics: its own, or chance if it diverged."""
-    return chance_error(result) if result.status == "diverged" else float(result.test_error)
-
-
-def errors_by_variant(results: list[RunResult]) -> dict[str, dict[int, float]]:
-    """Each variant's test error per seed, diverged runs at chance error."""
-    out: dict[str, dict[int, float]] = {}
-    for r in results:
-        out.setdefault(r.variant, {})[r.seed] = error_of(r)
-    return out
-
-
-@dataclass(frozen=True)
-class Trend:
-    """The slope of the per-seed differences (variant − reference) over a numeric factor: ``slope``
-    (a :class:`Paired` over the seeds' slopes, in pp per ``per`` units of the factor) and the
-    paper's slope from its differences (NaN where the paper lacks one)."""
-
-    slope: Paired
-    paper: float
-    levels: tuple[float, ...]
-
-
-def slope(x: np.ndarray, y: np.ndarray) -> float:
-    """The least-squares slope of y over x."""
-    x = np.asarray(x, dtype=float) - np.mean(x)
-    return float((x * (np.asarray(y, dtype=float) - np.mean(y))).sum() / (x * x).sum())
-
-
-def trend(study: Study, results: list[RunResult], variants: tuple[str, ...], factor: str, per: float = 1.0) -> Trend:
-    """Judge a trend claim: for each seed with every listed variant and its reference, the slope of
-    its differences over ``factor``; the slopes are then tested like paired differences (one per
-    seed), so the pairing by seed is kept and each seed counts once."""
-    by_name = {study.variant_name(v): v for v in study.variants()}
-    index = [f.name for f in study.factors].index(factor)
-    x = np.array([float(by_name[v][index]) for v in variants])
-    refs = [study.variant_name(study.reference_of(by_name[v])) for v in variants]
-    errors = errors_by_variant(results)
-    common = set.intersection(*(set(errors.get(name, {})) for name in (*variants, *refs)))
-    slopes = [per * slope(x, [errors[v][s] - errors[r][s] for v, r in zip(variants, refs)]) for s in sorted(common)]
-    paper = [
-        study.paper.get(by_name[v], math.nan) - study.paper.get(by_name[r], math.nan) for v, r in zip(variants, refs)
+def contrast(results: list[RunResult], weights: dict[str, float], impute: bool = False) -> Estimate:
+    """The contrast ``Σ_v w_v error_v`` over the seeds that have a result of every variant in
+    ``weights``. Main analysis: seeds where every run converged, with the test-sample error when
+    every run recorded its per-image outcomes on the same split. ``impute``: the sensitivity
+    analysis, diverged runs at chance error (seed-only: a diverged run has no per-image record)."""
+    by = {(r.variant, r.seed): r for r in results if r.variant in weights}
+    seeds = sorted({s for v, s in by if all((w, s) in by for w in weights)})
+    diverged = sum(by[v, s].status == "diverged" for v, s in by if s in seeds)
+    if not impute:
+        seeds = [s for s in seeds if all(by[v, s].status == "finished" for v in weights)]
+    values = [
+        sum(
+            w * (chance_error(by[v, s]) if by[v, s].status == "diverged" else by[v, s].test_error)
+            for v, w in weights.items()
+        )
+        for s in seeds
     ]
-    paper_slope = per * slope(x, paper) if not np.isnan(paper).any() else math.nan
-    return Trend(paired(np.array(slopes)), paper_slope, tuple(x.tolist()))
+    per_image = None
+    if seeds and not impute:
+        wrong = [[by[v, s].wrong_images() for s in seeds] for v in weights]
+        if all(x is not None for row in wrong for x in row) and len({x.size for row in wrong for x in row}) == 1:
+            per_image = sum(w * 100.0 * np.mean(row, axis=0) for w, row in zip(weights.values(), wrong))
+    return estimate(np.array(values), per_image, diverged)
 
 
-@dataclass(frozen=True)
-class Level:
-    """A per-seed quantity (e.g. a relative response) against a threshold: its mean and t interval
-    over seeds, and whether it lies below or above the threshold with 95% confidence."""
-
-    n: int
-    mean: float
-    low: float
-    high: float
+def slope_weights(x: list[float], per: float = 1.0) -> np.ndarray:
+    """The weights that turn values at levels ``x`` into their least-squares slope (per ``per``)."""
+    x = np.asarray(x, dtype=float) - np.mean(x)
+    return per * x / (x * x).sum()
 
 
-def level(values: list[float], floor: float | None = None) -> Level:
-    """The mean of ``values`` with its t interval (its low end at least ``floor``)."""
-    values = np.asarray(values, dtype=float)
-    low, high = confidence_interval(values, floor=floor)
-    return Level(len(values), float(values.mean()) if len(values) else math.nan, low, high)
-
-
-def side_verdict(value: Level, threshold: float, expect_below: bool) -> str:
-    """``reproduced`` when the 95% interval lies wholly on the expected side of ``threshold``,
-    ``contradicted`` when it lies wholly on the other, ``inconclusive`` otherwise."""
-    if value.n < 2:
-        return "needs ≥ 2 seeds"
-    if math.isnan(value.low):
-        return "inconclusive"
-    below, above = value.high < threshold, value.low > threshold
-    if (below and expect_below) or (above and not expect_below):
-        return "reproduced"
-    if below or above:
-        return "contradicted"
-    return "inconclusive"
+def ratio_level(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """The geometric mean of positive ratios with its t interval on the log scale (never below 0)."""
+    logs = np.log(np.maximum(np.asarray(values, dtype=float), 1e-12))
+    if len(logs) < 2 or logs.std(ddof=1) == 0:
+        return (float(np.exp(logs.mean())) if len(logs) else math.nan), math.nan, math.nan
+    result = stats.ttest_1samp(logs, 0.0).confidence_interval(level)
+    return float(np.exp(logs.mean())), float(np.exp(result.low)), float(np.exp(result.high))
 
 
 def summarise(study: Study, results: list[RunResult]) -> pd.DataFrame:
-    """One row per variant (in the study's order): the statistics of its seeds (diverged ones at
-    chance error), its comparison with its reference, the verdict and the power figures."""
-    by_variant: dict[str, list[RunResult]] = {}
-    for r in results:
-        by_variant.setdefault(r.variant, []).append(r)
-    all_errors = errors_by_variant(results)
-    rows, comparisons = [], []
+    """One row per variant (in the study's order): its converged seeds' errors (mean, std, 95% CI),
+    its diverged runs with Fisher's p against its reference's, and its contrast with its reference
+    (converged pairs): Δ with the seed-only and the seeds-and-images 95% intervals, and the
+    unadjusted p. No verdict: verdicts belong to claims, each with its own family."""
+    rows = []
     for levels in study.variants():
         name = study.variant_name(levels)
-        runs = by_variant.get(name, [])
+        runs = [r for r in results if r.variant == name]
         finished = [r for r in runs if r.status == "finished"]
-        errors = all_errors.get(name, {})
-        values = np.array([errors[s] for s in sorted(errors)])
+        values = np.array([r.test_error for r in finished], dtype=float)
         ref_levels = study.reference_of(levels)
         ref_name = study.variant_name(ref_levels)
-        ref_errors = all_errors.get(ref_name, {})
+        ref_runs = [r for r in results if r.variant == ref_name]
         is_ref = ref_name == name
-        seeds = sorted(set(errors) & set(ref_errors))
-        comparison = None if is_ref else paired(np.array([errors[s] - ref_errors[s] for s in seeds]))
-        comparisons.append(comparison)
+        c = None if is_ref else contrast(results, {name: 1.0, ref_name: -1.0})
         paper, paper_ref = study.paper.get(levels), study.paper.get(ref_levels)
-        paper_diff = paper - paper_ref if paper is not None and paper_ref is not None and not is_ref else math.nan
-        lo, hi = confidence_interval(values)
-        first = finished[0] if finished else None
         nan = math.nan
+        low, high = estimate(values).interval() if len(values) >= 2 else (nan, nan)
+        seed_low, seed_high = c.interval(images=False) if c else (nan, nan)
+        diff_low, diff_high = c.interval() if c else (nan, nan)
+        divergences = sum(r.status == "diverged" for r in runs)
+        ref_divergences = sum(r.status == "diverged" for r in ref_runs)
         rows.append(
             {
                 "variant": name,
                 **dict(zip((f.name for f in study.factors), levels)),
                 "seeds": len(values),
-                "diverged": sum(r.status == "diverged" for r in runs),
-                "ref_diverged": 0 if is_ref else sum(r.status == "diverged" for r in by_variant.get(ref_name, [])),
+                "diverged": divergences,
+                "ref_diverged": 0 if is_ref else ref_divergences,
+                "diverged_p": nan if is_ref else diverged_p(divergences, len(runs), ref_divergences, len(ref_runs)),
                 "error_mean": values.mean() if len(values) else nan,
                 "error_std": values.std(ddof=1) if len(values) > 1 else nan,
-                "ci95_low": max(lo, 0.0) if not math.isnan(lo) else nan,  # an error lies in [0, 100]
-                "ci95_high": min(hi, 100.0) if not math.isnan(hi) else nan,
+                "ci95_low": max(low, 0.0) if not math.isnan(low) else nan,  # an error lies in [0, 100]
+                "ci95_high": min(high, 100.0) if not math.isnan(high) else nan,
                 "paper_error": paper if paper is not None else nan,
                 "reference": ref_name,
-                "paired_seeds": comparison.n if comparison else 0,
-                "diff_vs_ref": comparison.delta if comparison else nan,
-                "diff_ci95_low": comparison.low if comparison else nan,
-                "diff_ci95_high": comparison.high if comparison else nan,
-                "diff_sd": comparison.sd if comparison else nan,
-                "p_value": comparison.p if comparison else nan,
-                "paper_diff": paper_diff,
-                "detectable_diff": detectable(comparison.sd, comparison.n) if comparison else nan,
-                "seeds_for_paper_diff": seeds_needed(paper_diff, comparison.sd) if comparison else nan,
-                "params_m": first.params / 1e6 if first else nan,
-                "gmacs": first.macs / 1e9 if first else nan,
+                "paired_seeds": c.n if c else 0,
+                "diff_vs_ref": c.delta if c else nan,
+                "diff_seed_ci95_low": seed_low,
+                "diff_seed_ci95_high": seed_high,
+                "diff_ci95_low": diff_low,
+                "diff_ci95_high": diff_high,
+                "diff_sd": c.sd if c else nan,
+                "diff_se_images": c.se_images if c else nan,
+                "test_images": c.images if c else 0,
+                "p_value": c.p() if c else nan,
+                "paper_diff": paper - paper_ref if paper is not None and paper_ref is not None and not is_ref else nan,
+                "params_m": finished[0].params / 1e6 if finished else nan,
+                "gmacs": finished[0].macs / 1e9 if finished else nan,
                 "wall_time_min": np.mean([r.wall_time_s for r in finished]) / 60 if finished else nan,
                 "train_img_per_s": np.mean([r.train_images_per_s or nan for r in finished]) if finished else nan,
             }
         )
-    df = pd.DataFrame(rows)
-    df.insert(df.columns.get_loc("p_value") + 1, "p_holm", holm(df["p_value"].tolist()))
-    df.insert(
-        df.columns.get_loc("paper_diff") + 1,
-        "verdict",
-        [
-            "reference" if c is None else verdict(c, pd_, ph)
-            for c, pd_, ph in zip(comparisons, df["paper_diff"], df["p_holm"])
-        ],
-    )
-    return df
+    return pd.DataFrame(rows)

@@ -15,12 +15,10 @@ COLUMNS = {  # summary column -> heading of the human-readable tables
     "error": "test error % (mean ± std)",
     "ci95": "95% CI",
     "paper_error": "paper %",
-    "diff_vs_ref": "Δ vs ref, pp [95% CI]",
+    "diff_vs_ref": "Δ vs ref, pp [95% CI, seeds and test images]",
+    "diff_seed": "seed-only 95% CI",
     "paper_diff": "paper Δ",
-    "p_holm": "p (Holm)",
-    "verdict": "verdict",
-    "detectable_diff": "detectable |Δ| (80% power)",
-    "seeds_for_paper_diff": "seeds for paper Δ",
+    "p_value": "p",
     "params_m": "params (M)",
     "gmacs": "GMACs / image",
     "wall_time_min": "wall time (min)",
@@ -42,10 +40,12 @@ def _delta(row) -> str:
     return f"{_num(row.diff_vs_ref, signed=True)}{interval} vs {row.reference}"
 
 
-def _verdict(row) -> str:
-    """The verdict, naming the diverged runs that entered it at chance error."""
-    diverged = row.diverged + row.ref_diverged if row.verdict != "reference" else 0
-    return f"{row.verdict} ({diverged} diverged, at chance error)" if diverged else row.verdict
+def _seeds(row) -> str:
+    """Converged seeds, and the diverged runs with Fisher's p against the reference's."""
+    if not row.diverged:
+        return f"{row.seeds}"
+    p = "" if math.isnan(row.diverged_p) else f", Fisher p {row.diverged_p:.2f} vs ref"
+    return f"{row.seeds} ({row.diverged} diverged{p})"
 
 
 def readable(df: pd.DataFrame) -> pd.DataFrame:
@@ -53,7 +53,7 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "variant": df["variant"],
-            "seeds": [f"{s}" + (f" ({d} diverged)" if d else "") for s, d in zip(df["seeds"], df["diverged"])],
+            "seeds": [_seeds(row) for row in df.itertuples()],
             "error": [f"{_num(m)} ± {_num(s)}" for m, s in zip(df["error_mean"], df["error_std"])],
             "ci95": [
                 f"[{_num(lo)}, {_num(hi)}]" if not math.isnan(lo) else "—"
@@ -61,11 +61,12 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
             ],
             "paper_error": [_num(v) for v in df["paper_error"]],
             "diff_vs_ref": [_delta(row) for row in df.itertuples()],
+            "diff_seed": [
+                "—" if math.isnan(lo) else f"[{_num(lo)}, {_num(hi)}]"
+                for lo, hi in zip(df["diff_seed_ci95_low"], df["diff_seed_ci95_high"])
+            ],
             "paper_diff": [_num(v, signed=True) for v in df["paper_diff"]],
-            "p_holm": [_num(v, 3) for v in df["p_holm"]],
-            "verdict": [_verdict(row) for row in df.itertuples()],
-            "detectable_diff": [_num(v) for v in df["detectable_diff"]],
-            "seeds_for_paper_diff": [_num(v, 0) for v in df["seeds_for_paper_diff"]],
+            "p_value": [_num(v, 3) for v in df["p_value"]],
             "params_m": [_num(v, 3) for v in df["params_m"]],
             "gmacs": [_num(v, 3) for v in df["gmacs"]],
             "wall_time_min": [_num(v, 1) for v in df["wall_time_min"]],

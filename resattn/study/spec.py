@@ -312,7 +312,7 @@ class Claim:
     paper has a Δ, its sign is the claim.
 
     Options: ``against: {factor: level}`` (with ``each``) compares with that variant instead of
-    the study's reference (Attention-236 against Attention-92); ``on: error`` (with ``trend``)
+    the study's reference (Attention-236 against Attention-92); ``absolute: true`` (with ``trend``)
     takes the slope of the variants' own errors, not of their differences from the reference (ARL's
     error falls with depth); ``margin`` (pp) an equivalence margin around the paper's value within
     which an interval reproduces it; ``smallest_effect`` (pp) the smallest effect of interest: an
@@ -331,7 +331,7 @@ class Claim:
     below: float = 0.1  # response
     expect: str | None = None  # each, beyond the paper: "higher" / "lower" error than the reference
     against: tuple[tuple[str, str], ...] = ()  # each: (factor, level) pairs replacing the reference's
-    on: str = "difference"  # trend: "difference" (variant − reference) or "error" (the variants' own)
+    absolute: bool = False  # trend: the slope of the variants' own errors, not of their differences
     margin: float | None = None  # pp: an interval within paper ± margin reproduces the paper's value
     smallest_effect: float | None = None  # pp: an interval within ±this contradicts the claim
 
@@ -546,9 +546,9 @@ def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> C
         per = body.get("per", 1)
         if not isinstance(per, (int, float)) or per <= 0:
             raise SpecError(path, f"{key}.trend.per", "a number > 0")
-        on = body.get("on", "difference")
-        if on not in ("difference", "error"):
-            raise SpecError(path, f"{key}.trend.on", "difference (from the reference) or error (the variants' own)")
+        absolute = body.get("absolute", False)
+        if not isinstance(absolute, bool):
+            raise SpecError(path, f"{key}.trend.absolute", "true (the variants' own errors) or false (differences)")
         return Claim(
             raw["claim"],
             kind,
@@ -556,7 +556,7 @@ def _claim(raw: Any, i: int, study: Study, variants: list[str], path: Path) -> C
             factor,
             float(per),
             str(body.get("unit", f"{per:g} {factor}")),
-            on=on,
+            absolute=absolute,
             **options,
         )
     if options.get("margin") or options.get("smallest_effect"):
