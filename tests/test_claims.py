@@ -222,3 +222,15 @@ def test_the_readme_block_follows_the_ledger(tmp_path):
         "old" not in text and "| The hourglass mask beats local convolutions at equal FLOPs | mask_structure |" in text
     )
     assert text.endswith("\n\nrest\n") and text.startswith("# x\n\n")
+
+
+def test_only_a_paper_protocol_configuration_reads_reproduced_in_the_ledger(tmp_path):
+    from tests.test_stats import _mask_results
+
+    study, reports = load_study("mask_structure"), tmp_path / "reports"
+    local = [h + d for h, d in zip(HOUR, [0.9, 1.1, 0.8, 1.2, 0.95])]
+    build_report(study, _mask_results(local, HOUR), reports / "mask_structure" / "paper")
+    md, _ = write_ledger(reports)
+    line = next(x for x in md.read_text().splitlines() if x.startswith("| The hourglass mask beats local"))
+    assert "**paper protocol** (none); 50,000 train / 10,000 test images; 5 seeds" in line
+    assert line.endswith("| **reproduced** |") and "the paper's value needs" in line and "detectable ≥" in line

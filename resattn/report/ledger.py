@@ -40,7 +40,8 @@ def _legacy(df: pd.DataFrame) -> pd.DataFrame:
     df["section"] = [BEYOND if t == BEYOND else "paper" for t in df["paper_table"]]
     df["ci_low"], df["ci_high"], df["ci_level"] = df["ci95_low"], df["ci95_high"], 0.95
     df["interval_sources"] = "seeds only"
-    df["detectable"] = math.nan  # planned by the earlier version from the SD seen, not its upper bound
+    # planned by the earlier version from the SD seen (not its upper bound), and from a pilot for the paper
+    df["detectable"] = df["seeds_for_paper"] = math.nan
     df["ratio"] = [
         v / p if p and not pd.isna(p) and k != "response" else math.nan
         for v, p, k in zip(df["value"], df["paper"], df["kind"])
@@ -147,11 +148,13 @@ def _evidence(row) -> str:
     if not pd.isna(row["diverged"]) and row["diverged"]:
         sensitivity = words(row["sensitivity"], row["tier"]) if isinstance(row["sensitivity"], str) else "—"
         diverged = f", {int(row['diverged'])} diverged (left out; at chance error: {sensitivity})"
-    plan = ""
+    plans = []
+    if not pd.isna(row["detectable"]):
+        regime = "" if row["tier"] == "paper protocol" else f" ({row['tier']} estimate)"
+        plans.append(f"detectable ≥ {_num(row['detectable'], 2, False)} pp{regime}")
     if not pd.isna(row["seeds_for_paper"]):
-        plan = f"; the paper's value needs {_num(row['seeds_for_paper'], 0, signed=False)} seeds"
-    elif not pd.isna(row["detectable"]):
-        plan = f"; detectable ≥ {_num(row['detectable'], 2, False)} pp ({row['tier']} estimate)"
+        plans.append(f"the paper's value needs {_num(row['seeds_for_paper'], 0, signed=False)} seeds")
+    plan = "".join(f"; {p}" for p in plans)
     said = words(row["outcome"], row["tier"], row["ratio"], not pd.isna(row["paper"]) or response)
     value = _num(row["value"], digits, signed)
     return f"{row['evidence']}: {value}{interval}, {paper} ({plural(seeds, 'seed')}{diverged}): *{said}*{plan}"
