@@ -56,7 +56,7 @@ def test_parameter_counts_match_the_paper(family, depth, learning):
 
 def test_attention_452_is_documented_not_matched():
     # The paper's 8.6M does not follow from its text (p=2, t=4, r=3 on the 236 layout gives more);
-    # this pins what the build gives, so a change to it is deliberate (README: "Attention-452").
+    # this pins what the build gives, so a change to it is deliberate (docs/model.md: "Attention-452").
     cfg = ModelConfig(depth=452)
     assert 10.0e6 < _count(build_model(cfg)) < 10.4e6
 
