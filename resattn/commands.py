@@ -118,7 +118,7 @@ def study_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--project", default="resattn", help="W&B project")
     parser.add_argument("--entity", default=None, help="W&B entity (user or team)")
-    scale = parser.add_argument_group("where runs train (README: Running a study on a Ray cluster / on SLURM)")
+    scale = parser.add_argument_group("where runs train (docs/scale-out.md: Ray, SLURM)")
     scale.add_argument(
         "--executor", choices=EXECUTORS, default="local", help="local processes, Ray tasks or a SLURM array"
     )

@@ -46,7 +46,7 @@ PRESETS: dict[tuple[str, int], Preset] = {
     ("cifar", 128): Preset((3, 3, 3)),
     ("cifar", 164): Preset((4, 4, 4)),
     ("cifar", 236): Preset((6, 6, 6), paper_params=5.1),
-    # 8.6M in the paper; no straightforward reading of the text reproduces it (see README).
+    # 8.6M in the paper; no straightforward reading of the text reproduces it (see docs/model.md).
     ("cifar", 452): Preset((6, 6, 6), p=2, t=4, r=3, paper_params=8.6),
     ("imagenet", 56): Preset((1, 1, 1), paper_params=31.9),
     ("imagenet", 92): Preset((1, 2, 3), paper_params=51.3),

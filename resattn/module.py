@@ -48,7 +48,7 @@ class ResidualAttentionClassifier(L.LightningModule):
         probes: log the Fig. 4 response probe and mask statistics after each validation epoch, and
             keep those of the tested weights (``probe_results``, on the test split).
         channels_last: run the network in channels_last memory format (measured faster on this
-            project's CPU machine: 81 vs 53 img/s for Attention-56, see README "Performance").
+            project's CPU machine: 81 vs 53 img/s for Attention-56, see docs/performance.md).
         compile: ``torch.compile`` the network when fitting starts (in place; checkpoints keep their
             keys): ``true`` (inductor's default mode) or a mode: ``reduce-overhead`` (CUDA graphs:
             the launch-bound step on a GPU replayed as one graph), ``max-autotune``. Its compilation

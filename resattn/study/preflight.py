@@ -50,7 +50,7 @@ def _quiet():
 
 def default_precision(runs: list[RunSpec]) -> str:
     """The training precision of runs that do not set one: ``bf16-mixed`` where they train on a
-    CUDA GPU, else ``32-true`` (this project's CPU has no fast bf16: 4x slower, README)."""
+    CUDA GPU, else ``32-true`` (this project's CPU has no fast bf16: 4x slower, docs/performance.md)."""
     import torch
 
     accelerators = {str(r.config["trainer"]["accelerator"]) for r in runs}  # RUN_DEFAULTS sets it
@@ -105,7 +105,7 @@ class Built:
 
 def default_pack(runs: list[RunSpec], built: dict[str, Built]) -> int:
     """How many seeds of a variant train in one process when ``--pack`` is not given: 1 on a CPU,
-    where packing was measured to lose throughput (README, Performance: the grouped convolutions
+    where packing was measured to lose throughput (docs/performance.md: the grouped convolutions
     of a pack are slower there than the plain ones, and a CPU step is bound by arithmetic, not by
     launches); on a CUDA GPU, where a batch-64 step is bound by kernel launches, every seed of a
     variant, up to 8 (not yet measured on a GPU by this project)."""
