@@ -199,9 +199,9 @@ HEADER = [
     "the claim's margin), *direction only* (it excludes the paper's value: the effect's ratio to the paper's is "
     "given), *contradicted* or *inconclusive*. A pilot or shortened run can only be *consistent* or *inconsistent* "
     "with the paper's direction, or *unclear*. Claims with no paper value are judged on their direction.",
-    "- **Planning**: at the paper protocol, the seeds a piece needs to detect the paper's value (80% power at "
-    "α = 0.05, from the 80% upper bound of the seed SD and the test-sample error); below it, the smallest effect "
-    "these seeds detect, an estimate for that regime only (its error level is not the paper's).",
+    "- **Planning** (80% power at α = 0.05, from the 80% upper bound of the seed SD and the test-sample error): "
+    "the smallest effect a piece's seeds detect, an estimate for its regime only below the paper protocol (its "
+    "error level is not the paper's); at the paper protocol, also the seeds the paper's value needs.",
     "- **Diverged runs** are left out (converged pairs); the verdict with them at chance error is given beside it.",
 ]
 
