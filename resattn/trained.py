@@ -46,7 +46,8 @@ class TrainedModel:
         classes: the class names, in label order.
         mean: the per-pixel training mean (3, 32, 32) in 0-255 units the CIFAR inputs are centred
             with (None for the ImageNet family, which uses the ImageNet mean and std).
-        card: where it comes from: study, run id, variant, seed, profile, data, test error, commit.
+        card: where it comes from: study, run id, variant, seed, profile, data, test error, and what
+            code trained it (resattn version, commit, uncommitted changes, config hash).
     """
 
     net: ResidualAttentionNetwork
@@ -201,7 +202,11 @@ def load_run(path: str | Path) -> TrainedModel:
         "data": {k: v for k, v in spec.config["data"].items() if k != "data_dir"},
         "finished": result is not None and result.status == "finished",
         "test_error": result.test_error if result else None,
+        # what code trained it; results of earlier versions have the version only among ``versions``
+        "version": (result.version or result.versions.get("resattn")) if result else None,
         "git_commit": result.git_commit if result else None,
+        "git_dirty": result.git_dirty if result else None,
+        "config_digest": result.config_digest if result else None,
         "source": str(path.resolve()),
     }
     return _from_checkpoint(run_dir.checkpoint, card, spec.config["data"])
@@ -279,12 +284,21 @@ def model_card(model: TrainedModel) -> str:
         f"| data | `{json.dumps(c.get('data', {}))}` |",
         f"| test error | {f'{error:.2f}% (final weights)' if error is not None else 'not measured'} |",
         f"| trained to the end | {c.get('finished', '—')} |",
-        f"| commit | {c.get('git_commit', '—')} |",
+        f"| resattn | {c.get('version') or '—'} |",
+        f"| commit | {_commit(c)} |",
         f"| classes | {', '.join(model.classes)} |",
         "",
         "Load it with `resattn.trained.load_run(folder)`; predict with `python -m resattn predict FOLDER IMAGE...`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _commit(card: dict) -> str:
+    """The card's commit and whether its checkout had uncommitted changes (—: no checkout, or unrecorded)."""
+    commit, dirty = card.get("git_commit"), card.get("git_dirty")
+    if not commit:
+        return "—"
+    return commit + {True: " (with uncommitted changes)", False: " (clean)", None: ""}[dirty]
 
 
 def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str], out: Path, channels: int = 0):

@@ -1,13 +1,17 @@
 """What a result says it was trained on: the data's fingerprint in the run id (the same files in
 another folder keep the id, other files get another), the realised image counts and a hash of the
-images in result.json (issue 17, item 8)."""
+images in result.json (issue 17, item 8); what code trained it: resattn's version, the commit and
+whether the checkout had uncommitted changes (issue 18, item 5)."""
 
 import pickle
 import shutil
+import subprocess
+from importlib.metadata import version
 
 import pytest
 
 from resattn.data import CIFARDataModule, data_fingerprint, official_fingerprint
+from resattn.provenance import code_provenance, installed_version
 from resattn.study import preflight
 from resattn.study.spec import expand, load_profile, load_study
 from tests.conftest import write_cifar
@@ -85,3 +89,45 @@ def test_a_worker_refuses_data_that_changed_since_the_run_was_planned(three_fold
     _relabel_one(a)
     with pytest.raises(StoreError, match="fingerprint .* not .* as when the run was planned"):
         check_data_files(run, RunDir(a / "run"))
+
+
+# What code trained a result (issue 18, item 5): version, commit, uncommitted changes.
+
+
+def _git(folder, *args):
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True, capture_output=True
+    )
+
+
+def test_a_checkout_records_its_commit_and_whether_it_has_uncommitted_changes(tmp_path):
+    package = tmp_path / "repo" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (tmp_path / "repo" / ".gitignore").write_text("/runs/\n")
+    _git(tmp_path / "repo", "init", "-q")
+    _git(tmp_path / "repo", "add", ".")
+    _git(tmp_path / "repo", "commit", "-qm", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True).stdout.strip()
+    clean = code_provenance(package)
+    assert clean == {"version": installed_version(), "git_commit": head, "git_dirty": False}
+    (tmp_path / "repo" / "runs").mkdir()
+    (tmp_path / "repo" / "runs" / "result.json").write_text("{}")  # ignored by .gitignore: still clean
+    (tmp_path / "repo" / "reports").mkdir()
+    (tmp_path / "repo" / "reports" / "table.md").write_text("a report")  # what studies write: still clean
+    assert code_provenance(package)["git_dirty"] is False
+    (package / "__init__.py").write_text("x = 2\n")  # an uncommitted change of the code
+    assert code_provenance(package) == {"version": installed_version(), "git_commit": head, "git_dirty": True}
+    _git(tmp_path / "repo", "checkout", "-q", "--", ".")
+    (package / "new.py").write_text("")  # an untracked module the code may import
+    assert code_provenance(package)["git_dirty"] is True
+
+
+def test_an_installed_package_records_its_version_and_no_commit(tmp_path):
+    package = tmp_path / "site-packages" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    expected = {"version": version("resattn"), "git_commit": None, "git_dirty": None}
+    assert code_provenance(package) == expected
+    _git(tmp_path, "init", "-q")  # a virtual environment inside another project's checkout, which ignores it
+    assert code_provenance(package) == expected

@@ -222,3 +222,20 @@ def test_a_result_written_before_errors_were_in_percent_reads_in_percent():
     new = _result(spec, epochs=[{"epoch": 0, "val/err1": 50.0}], test={"test/err1": 50.0}, error_unit="percent")
     assert old.error_unit == "fraction" and old.epoch_error(old.epochs[0]) == 50.0
     assert new.epoch_error(new.epochs[0]) == 50.0 and new.epoch_error({"epoch": 0}) is None
+
+
+def test_a_result_written_before_code_provenance_was_recorded_still_reads(tmp_path):
+    """Results of earlier versions lack ``version``, ``git_dirty`` and ``config_digest`` and may say
+    ``git_commit: "unknown"``; they read, with the new fields None."""
+    spec = _runs()[0]
+    run_dir = RunDir.of(tmp_path, spec)
+    run_dir.write_spec(spec)
+    old = _result(spec, git_commit="unknown").dump()
+    for field in ("version", "git_dirty", "config_digest"):
+        del old[field]
+    run_dir.result.write_text(json.dumps(old))
+    result = run_dir.read_result()
+    assert result.git_commit == "unknown" and (result.version, result.git_dirty, result.config_digest) == (None,) * 3
+    new = _result(spec, git_commit=None, version="0.1.0", git_dirty=False, config_digest="0123456789abcdef")
+    run_dir.write_result(new)
+    assert run_dir.read_result() == new  # an installed package: no commit

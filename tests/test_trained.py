@@ -248,3 +248,16 @@ def test_masks_refuses_more_channels_than_the_masks_have(checkpoint, images, tmp
     err = capsys.readouterr().err.strip()
     assert "--channels 60" in err and "at most" in err and len(err.splitlines()) == 1, err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_model_card_says_what_code_trained_it(checkpoint):
+    from dataclasses import replace
+
+    from resattn.trained import model_card
+
+    model = load_run(checkpoint[0])
+    card = {"version": "0.1.0", "git_commit": "abc123", "git_dirty": True}
+    text = model_card(replace(model, card=card))
+    assert "| resattn | 0.1.0 |" in text and "| commit | abc123 (with uncommitted changes) |" in text
+    assert "| commit | abc123 (clean) |" in model_card(replace(model, card={**card, "git_dirty": False}))
+    assert "| commit | — |" in model_card(model)  # a bare checkpoint: no run, no commit

@@ -186,7 +186,7 @@ class RunResult(RunSpec):
     """What a run gave (``result.json``): its spec, provenance, cost, metrics and probes."""
 
     status: Status
-    git_commit: str
+    git_commit: str | None  # None: trained by an installed package, not a checkout ("unknown" in earlier versions)
     versions: dict[str, str]
     python: str
     device: str
@@ -218,6 +218,12 @@ class RunResult(RunSpec):
     # :func:`pack_bits` writes them; None for results of earlier versions, diverged runs and runs
     # tested on several devices (their images arrive in the ranks' order).
     test_wrong: str | None = None
+    # What code trained it (resattn.provenance): resattn's installed version; whether its git checkout
+    # had uncommitted changes (None: no checkout); a hash of the resolved config (``digest(config,
+    # 16)``, the settings of config.yaml). None in results of earlier versions: unrecorded.
+    version: str | None = None
+    git_dirty: bool | None = None
+    config_digest: str | None = None
 
     def wrong_images(self) -> np.ndarray | None:
         """The per-image top-1 outcomes of the test (True: wrong), or None where not recorded."""

@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 import warnings
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +36,7 @@ from resattn.data import data_fingerprint, normalize
 from resattn.machine import describe_device
 from resattn.packing import PREFIX, PackedClassifier, PackedData
 from resattn.probes import mask_maps
+from resattn.provenance import code_provenance, package_versions
 from resattn.study import wandb_runs
 from resattn.study.callbacks import (
     CheckpointError,
@@ -60,37 +58,13 @@ from resattn.study.store import (
     RunResult,
     RunSpec,
     StoreError,
+    digest,
     pack_bits,
     pack_dir,
 )
 from resattn.summary import model_cost
 
 MASK_IMAGES = 8  # test images whose attention masks are stored for the report's mask grid
-PACKAGES = ("resattn", "torch", "torchvision", "lightning", "torchmetrics", "wandb", "numpy")
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 class Interrupted(Exception):
@@ -260,7 +234,8 @@ def write_result(
     result = RunResult(
         **spec.model_dump(),
         status="finished" if diverged is None else "diverged",
-        git_commit=git_commit(),
+        **code_provenance(),
+        config_digest=digest(spec.config, 16),
         versions=package_versions(),
         python=sys.version.split()[0],
         device=describe_device(trainer.strategy.root_device),
