@@ -309,8 +309,8 @@ def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str
     attention's (f2), so that a near-constant mask looks constant."""
     import matplotlib.pyplot as plt
 
+    from resattn.figures import mask_image, save_figure
     from resattn.probes import mask_outputs
-    from resattn.report.plots import _save, mask_image
 
     shown, x = model.preprocess(images)
     masks = mask_outputs(model.net, x)
@@ -357,7 +357,7 @@ def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str
     )
     fig.tight_layout(rect=(0, 0, 0.94, 1))  # the colour bar's room on the right
     fig.colorbar(im, cax=fig.add_axes((0.95, 0.15, 0.012, 0.7)), label="mask value").ax.tick_params(labelsize=6)
-    return _save(fig, out, tight=False)
+    return save_figure(fig, out, tight=False)
 
 
 def _check_out(path: Path, flag: str = "--out") -> None:

@@ -261,3 +261,18 @@ def test_the_model_card_says_what_code_trained_it(checkpoint):
     assert "| resattn | 0.1.0 |" in text and "| commit | abc123 (with uncommitted changes) |" in text
     assert "| commit | abc123 (clean) |" in model_card(replace(model, card={**card, "git_dirty": False}))
     assert "| commit | — |" in model_card(model)  # a bare checkpoint: no run, no commit
+
+
+def test_trained_models_and_the_figures_they_draw_import_nothing_of_the_report():
+    """trained.py sits below report/: what both draw with is resattn.figures (issue 18, item 4)."""
+    import ast
+    from pathlib import Path
+
+    import resattn
+
+    root = Path(resattn.__file__).parent
+    for name in ("trained.py", "figures.py"):
+        tree = ast.parse((root / name).read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in modules if m and m.startswith("resattn.report")}, name

@@ -16,10 +16,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.gridspec import GridSpec  # noqa: E402
 
+from resattn.figures import mask_image  # noqa: E402
+from resattn.figures import save_figure as _save  # noqa: E402
 from resattn.report.claims import words  # noqa: E402
 from resattn.report.stats import contrast, ratio_level  # noqa: E402
 from resattn.study.spec import Claim, Study, plural  # noqa: E402
-from resattn.study.store import RunResult, atomic_path  # noqa: E402
+from resattn.study.store import RunResult  # noqa: E402
 
 LINESTYLES = ("-", "--", "-.", ":")
 QUANTILE_KEYS = ("q05", "q25", "q50", "q75", "q95")
@@ -47,16 +49,6 @@ def variant_colours(names: list[str]) -> dict[str, str]:
     """One distinct colour per variant (tab10, then tab20), for plots that draw variants side by side."""
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-
-
-def _save(fig, path: Path, tight: bool = True, **savefig) -> Path:
-    """Save atomically (a report being rewritten is never seen half-written), then close."""
-    if tight:
-        fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, **savefig)
-    plt.close(fig)
-    return path
 
 
 def _interval_label(n_max: int) -> str:
@@ -375,15 +367,6 @@ def mask_statistics(
         fontsize=10,
     )
     return _save(fig, path)
-
-
-def mask_image(ax, mask: np.ndarray, vmin: float, vmax: float):
-    """``mask`` (h, w) as a heat map on its own axes (beside its image, never blended over it, so
-    its colours are the mask's alone), on the scale [vmin, vmax] the figure shares."""
-    im = ax.imshow(mask, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return im
 
 
 def mask_grid(mask_files: dict[str, Path], seed: int | None, subtitle: str, path: Path, images: int = 3) -> Path | None:
