@@ -26,6 +26,7 @@ def test_the_wheel_ships_the_studies_and_the_console_script(tmp_path):
     for study in [*available_studies(), "profiles"]:
         assert f"resattn/ablations/{study}.yaml" in names
     assert {"resattn/commands.py", "resattn/study/store.py", "resattn/report/plots.py"} <= names
+    assert {"resattn/study/worker.py", "resattn/figures.py", "resattn/provenance.py"} <= names  # the worker's entry
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "resattn = resattn.__main__:main" in wheel.read(entry_points).decode()
     assert not [n for n in names if n.startswith(("tests/", "studies/", "build/"))]
@@ -37,3 +38,11 @@ def test_the_studies_are_package_data():
         [sys.executable, "-m", "resattn", "study", "--list"], capture_output=True, text=True, timeout=60, cwd="/"
     )
     assert done.returncode == 0 and "ARL_vs_NAL" in done.stdout, done.stderr
+
+
+def test_the_architecture_tree_names_every_module():
+    """docs/architecture.md's tree names each module by its path under resattn/ (renames update it)."""
+    tree = (ROOT / "docs" / "architecture.md").read_text().split("## The tree", 1)[1]
+    modules = [p.relative_to(ROOT / "resattn").as_posix() for p in (ROOT / "resattn").rglob("*.py")]
+    missing = [m for m in modules if m not in ("study/__init__.py",) and f"\n  {m} " not in tree]
+    assert missing == []

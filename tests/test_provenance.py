@@ -79,7 +79,7 @@ def test_the_provenance_counts_the_images_used_and_hashes_their_content(three_fo
 
 def test_a_worker_refuses_data_that_changed_since_the_run_was_planned(three_folders):
     from resattn.study.store import RunDir, StoreError
-    from resattn.study.train import check_data_files
+    from resattn.study.worker import check_data_files
 
     a = three_folders[0]
     run = preflight.resolve(expand(load_study("mask_structure"), load_profile("quick"), 1, {"data.data_dir": str(a)}))[

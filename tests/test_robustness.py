@@ -48,7 +48,7 @@ def _run_dir(tmp_path: Path, name: str, overrides=SHORT) -> Path:
 
 
 def _worker(run_dir: Path, *extra: str, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "resattn.study.train", str(run_dir), "--wandb", "offline", *extra]
+    cmd = [sys.executable, "-m", "resattn.study.worker", str(run_dir), "--wandb", "offline", *extra]
     return subprocess.Popen(cmd, stdout=open(run_dir / "train.log", "a"), stderr=subprocess.STDOUT, **popen)
 
 
@@ -214,7 +214,7 @@ def test_unreadable_checkpoint_is_moved_aside_and_wandb_failure_is_recorded(tmp_
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"\0garbage")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["NETRC"] = str(tmp_path / "no-netrc")  # no W&B credentials: an online start fails at once
-    cmd = [sys.executable, "-m", "resattn.study.train", str(run_dir), "--wandb", "online"]
+    cmd = [sys.executable, "-m", "resattn.study.worker", str(run_dir), "--wandb", "online"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     log = done.stdout + done.stderr
@@ -284,7 +284,7 @@ def _pack_dirs(tmp_path: Path, name: str) -> list[Path]:
 def _pack_worker(dirs: list[Path]) -> subprocess.Popen:
     folder = pack_dir([RunDir(d) for d in dirs]).path
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "resattn.study.train", *map(str, dirs), "--wandb", "offline"]
+    cmd = [sys.executable, "-m", "resattn.study.worker", *map(str, dirs), "--wandb", "offline"]
     return subprocess.Popen(cmd, stdout=open(folder / "train.log", "a"), stderr=subprocess.STDOUT)
 
 

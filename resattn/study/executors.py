@@ -1,7 +1,7 @@
 """Where the runs of a study train: on this machine (``local``), as Ray tasks (``ray``) or as a SLURM
 job array through submitit (``slurm``).
 
-Every executor starts the same per-run entry point, ``python -m resattn.study.train RUN_DIR``
+Every executor starts the same per-run entry point, ``python -m resattn.study.worker RUN_DIR``
 (or the run folders of a pack: one task, with its GPUs), in its own process, and that process
 writes the run's files (checkpoint, progress, result), so results do not depend on where a run
 trained. The runs folder must be visible at the same path
@@ -47,9 +47,9 @@ class Task:
 
 
 def start_worker(task: Task, threads: int | None, log, **popen) -> subprocess.Popen:
-    """Start ``python -m resattn.study.train RUN_DIR [RUN_DIR ...] ...`` as a child of this process
+    """Start ``python -m resattn.study.worker RUN_DIR [RUN_DIR ...] ...`` as a child of this process
     (which it watches: it stops with a checkpoint if this process dies), output to ``log``."""
-    cmd = [sys.executable, "-m", "resattn.study.train", *(str(r) for r in task.runs), *task.options]
+    cmd = [sys.executable, "-m", "resattn.study.worker", *(str(r) for r in task.runs), *task.options]
     cmd += ["--parent-pid", str(os.getpid())] + (["--threads", str(threads)] if threads else [])
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, **popen)

@@ -29,7 +29,7 @@ import yaml
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-# Exit codes of the worker (python -m resattn.study.train) and of the study command.
+# Exit codes of the worker (python -m resattn.study.worker) and of the study command.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_NO_CHECKPOINT = 74  # a checkpoint could not be written (EX_IOERR): disk full, quota, permissions
 EXIT_BUSY = 75  # another process holds the run's lock (EX_TEMPFAIL)

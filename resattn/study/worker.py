@@ -1,4 +1,4 @@
-"""One study run (or a pack of seeds) in its own process: ``python -m resattn.study.train RUN_DIR [RUN_DIR ...]``.
+"""One study run (or a pack of seeds) in its own process: ``python -m resattn.study.worker RUN_DIR [RUN_DIR ...]``.
 
 The per-run entry point of every executor. Builds the run from ``RUN_DIR/config.yaml`` with the
 single-run CLI's parser (the same run ``python -m resattn fit --config RUN_DIR/config.yaml`` trains),
