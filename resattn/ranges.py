@@ -1,6 +1,6 @@
 """Declared ranges: what values a setting may take, written once beside the setting's definition
 (``MODEL_SETTINGS`` and ``DATA_SETTINGS`` in :mod:`resattn.config`, ``TRAINER_SETTINGS`` in
-:mod:`resattn.study.spec`), and checked from there by the classes, the single-run CLI and the
+:mod:`resattn.study.settings`), and checked from there by the classes, the single-run CLI and the
 study runner alike. A :class:`Setting` is one or more *forms* (an integer range, a number range,
 a list of choices, a list of values, ...); a value is allowed when one form takes it. A refused
 value raises :class:`SettingError`, one line naming the setting, the value and what is allowed.
