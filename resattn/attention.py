@@ -3,7 +3,8 @@
 PAPER.md section 1 is the spec. One string-keyed factory per ablation switch: the soft mask's
 structure (``MASK_BODIES``), its normalisation (``NORMALIZERS``), the attention learning rule
 (``LEARNING_RULES``) and, beyond the paper, the block that computes the attention (``GATE_BLOCKS``:
-the paper's soft mask, or timm's SE, CBAM or ECA); an unknown name fails naming the allowed ones.
+the paper's soft mask, or the gate of timm's SE, CBAM or ECA block used as the mask); an unknown
+name fails naming the allowed ones.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resattn.gates import GATES
 from resattn.layers import ResidualUnit, bn_relu_conv, residual_units
 
 # f2 divides by max(||x_i||_2, CHANNEL_EPS) (torch.nn.functional.normalize): unit norm wherever the
@@ -185,34 +187,12 @@ def gated_naive_learning(gated: torch.Tensor, trunk: torch.Tensor) -> torch.Tens
 GATED_RULES = {"arl": gated_residual_learning, "nal": gated_naive_learning}
 
 
-def _se(channels: int) -> nn.Module:
-    from timm.layers.squeeze_excite import SEModule
-
-    return SEModule(channels)  # squeeze-and-excitation (Hu et al. 2018), reduction 16
-
-
-def _cbam(channels: int) -> nn.Module:
-    from timm.layers.cbam import CbamModule
-
-    return CbamModule(channels)  # channel then 7x7 spatial gate (Woo et al. 2018), reduction 16
-
-
-def _eca(channels: int) -> nn.Module:
-    from timm.layers.eca import EcaModule
-
-    return EcaModule(channels=channels)  # 1-D conv across channels, kernel from C (Wang et al. 2020)
-
-
-# Attention blocks that came after the paper, from timm: each returns its input times a gate M
-# computed from that input (M in (0, 1): sigmoid gates). In an attention module the block reads the
-# trunk output T, as these blocks do in their own networks, and its M multiplies T with the
-# module's learning rule. "soft_mask" is the paper's soft mask branch (``mask_structure``).
-GATE_BLOCKS: dict[str, Callable[[int], nn.Module] | None] = {
-    "soft_mask": None,
-    "se": _se,
-    "cbam": _cbam,
-    "eca": _eca,
-}
+# What computes an attention module's mask M: the paper's soft mask branch ("soft_mask", shaped by
+# ``mask_structure`` and ``normalization``), or a timm gate block (:mod:`resattn.gates`) used as the
+# ARL / NAL mask. A gate block reads the module's trunk output T and returns g(T) * T, so M = g(T)
+# and H = T + g(T) * T (ARL) or g(T) * T (NAL), once per attention module. That is not SE, CBAM or
+# ECA as their papers place them (in every residual unit, on the branch before the identity add).
+GATE_BLOCKS: dict[str, Callable[[int], nn.Module] | None] = {"soft_mask": None, **GATES}
 
 
 class AttentionModule(nn.Module):
@@ -220,8 +200,9 @@ class AttentionModule(nn.Module):
 
     a = RU^p(x); T = RU^t(a); M = mask(a); H = (1 + M) * T (ARL) or M * T (NAL); out = RU^p(H).
     With ``attention_learning="none"`` there is no mask branch and H = T. With a gate block
-    (``attention_block`` se / cbam / eca, :data:`GATE_BLOCKS`) in place of the soft mask, M is the
-    block's gate computed from T, and H = T + block(T) (ARL) or block(T) (NAL).
+    (``attention_block`` se / cbam / eca, :data:`GATE_BLOCKS`) in place of the soft mask, the mask
+    is the block's gate computed from the trunk output, M = g(T): H = T + g(T) * T (ARL, Eq. 3) or
+    g(T) * T (NAL, Eq. 1), one gate per module (not the blocks' published placement).
     """
 
     def __init__(

@@ -7,7 +7,9 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from resattn.attention import AttentionModule
 from resattn.config import ModelConfig
+from resattn.gates import gate_sizes
 from resattn.network import ResidualAttentionNetwork, build_model
 
 INPUT_SIZE = {"cifar": 32, "imagenet": 224}
@@ -32,9 +34,26 @@ def model_cost(net: ResidualAttentionNetwork) -> dict:
     }
 
 
+def gate_stages(net: ResidualAttentionNetwork) -> dict[str, list[dict]]:
+    """The sizes of the gate blocks ``net`` has, per stage (:func:`resattn.gates.gate_sizes`; every
+    gate of a stage has the stage's channel count C): under ``attention_block``, the gate used as
+    each attention module's mask. Empty when the network has no gate block."""
+    gates: dict[str, list[dict]] = {}
+    for number, stage in enumerate(net.stages, 1):
+        blocks = [m.block for m in stage.modules() if isinstance(m, AttentionModule) and m.block is not None]
+        if blocks:
+            channels = stage[0].conv3[-1].out_channels
+            gates.setdefault("attention_block", []).append(
+                {"stage": number, "channels": channels, **gate_sizes(blocks[0])}
+            )
+    return gates
+
+
 def summary(config: ModelConfig) -> dict:
-    """The configuration, its cost, and the paper's parameter count where it states one."""
-    cost = model_cost(build_model(config))
+    """The configuration, its cost, the paper's parameter count where it states one, and the sizes
+    of its gate blocks (:func:`gate_stages`)."""
+    net = build_model(config)
+    cost = model_cost(net)
     return {
         "name": config.name,
         "config": config.to_dict(),
@@ -42,6 +61,7 @@ def summary(config: ModelConfig) -> dict:
         "params_millions": round(cost["params"] / 1e6, 3),
         "gmacs": round(cost["macs"] / 1e9, 3),
         "paper_params_millions": config.paper_params,
+        "gates": gate_stages(net),
     }
 
 
