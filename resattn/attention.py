@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resattn.gates import GATES
+from resattn.gates import GATES, UNIT_GATES
 from resattn.layers import ResidualUnit, bn_relu_conv, residual_units
 
 # f2 divides by max(||x_i||_2, CHANNEL_EPS) (torch.nn.functional.normalize): unit norm wherever the
@@ -191,7 +191,8 @@ GATED_RULES = {"arl": gated_residual_learning, "nal": gated_naive_learning}
 # ``mask_structure`` and ``normalization``), or a timm gate block (:mod:`resattn.gates`) used as the
 # ARL / NAL mask. A gate block reads the module's trunk output T and returns g(T) * T, so M = g(T)
 # and H = T + g(T) * T (ARL) or g(T) * T (NAL), once per attention module. That is not SE, CBAM or
-# ECA as their papers place them (in every residual unit, on the branch before the identity add).
+# ECA as their papers place them (in every residual unit, on the branch before the identity add:
+# ``unit_gate``, :class:`resattn.layers.ResidualUnit`).
 GATE_BLOCKS: dict[str, Callable[[int], nn.Module] | None] = {"soft_mask": None, **GATES}
 
 
@@ -202,7 +203,9 @@ class AttentionModule(nn.Module):
     With ``attention_learning="none"`` there is no mask branch and H = T. With a gate block
     (``attention_block`` se / cbam / eca, :data:`GATE_BLOCKS`) in place of the soft mask, the mask
     is the block's gate computed from the trunk output, M = g(T): H = T + g(T) * T (ARL, Eq. 3) or
-    g(T) * T (NAL, Eq. 1), one gate per module (not the blocks' published placement).
+    g(T) * T (NAL, Eq. 1), one gate per module (not the blocks' published placement). With
+    ``unit_gate`` (se / cbam / eca), every unit of the trunk path (pre, trunk, post) has that gate
+    on its branch (:class:`resattn.layers.ResidualUnit`); the soft mask branch's units do not.
     """
 
     def __init__(
@@ -216,19 +219,21 @@ class AttentionModule(nn.Module):
         t: int = 2,
         r: int = 1,
         attention_block: str = "soft_mask",
+        unit_gate: str = "none",
     ) -> None:
         super().__init__()
         self.learning_rule = _lookup(LEARNING_RULES, attention_learning, "attention_learning")
         make_block = _lookup(GATE_BLOCKS, attention_block, "attention_block")
-        self.pre = residual_units(channels, p)
-        self.trunk = residual_units(channels, t)
+        gate = _lookup(UNIT_GATES, unit_gate, "unit_gate")
+        self.pre = residual_units(channels, p, gate)
+        self.trunk = residual_units(channels, t, gate)
         self.mask = self.block = None
         if self.learning_rule is not None and make_block is None:
             self.mask = SoftMaskBranch(channels, mask_structure, normalization, pools, r)
         elif self.learning_rule is not None:
             self.block = make_block(channels)
             self.gated_rule = GATED_RULES[attention_learning]
-        self.post = residual_units(channels, p)
+        self.post = residual_units(channels, p, gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.pre(x)

@@ -2,7 +2,10 @@
 
 Each block returns its input times a sigmoid gate g computed from that input, ``x * g(x)``:
 squeeze-and-excitation (Hu et al. 2018), CBAM (Woo et al. 2018), ECA (Wang et al. 2020). The
-network uses them as the mask of an attention module (``attention_block``, :mod:`resattn.attention`).
+network places them in two ways: as the mask of each attention module (``attention_block``,
+:class:`resattn.attention.AttentionModule`: H = T + g(T) * T, not their papers' placement), or on
+the branch of every trunk residual unit before the identity add, as their papers place them
+(``unit_gate``, :class:`resattn.layers.ResidualUnit`).
 
 timm's defaults are not "reduction 16" at this project's widths: SE's hidden units are C/16
 rounded to a multiple of 8, at least 8 (8 / 8 / 16 in stages 1 / 2 / 3 at width 1.0; 8 / 8 / 8 at
@@ -37,7 +40,9 @@ def _eca(channels: int) -> nn.Module:
     return EcaModule(channels=channels)  # pool -> 1-D conv across channels, kernel from log2 C -> sigmoid
 
 
+# Keyed by resattn.config.GATES, where the names are declared (a test holds them equal).
 GATES: dict[str, Callable[[int], nn.Module]] = {"se": _se, "cbam": _cbam, "eca": _eca}
+UNIT_GATES: dict[str, Callable[[int], nn.Module] | None] = {"none": None, **GATES}  # unit_gate
 
 
 def gate_sizes(block: nn.Module) -> dict[str, int]:

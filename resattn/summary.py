@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from resattn.attention import AttentionModule
 from resattn.config import ModelConfig
 from resattn.gates import gate_sizes
+from resattn.layers import ResidualUnit
 from resattn.network import ResidualAttentionNetwork, build_model
 
 INPUT_SIZE = {"cifar": 32, "imagenet": 224}
@@ -37,15 +38,19 @@ def model_cost(net: ResidualAttentionNetwork) -> dict:
 def gate_stages(net: ResidualAttentionNetwork) -> dict[str, list[dict]]:
     """The sizes of the gate blocks ``net`` has, per stage (:func:`resattn.gates.gate_sizes`; every
     gate of a stage has the stage's channel count C): under ``attention_block``, the gate used as
-    each attention module's mask. Empty when the network has no gate block."""
+    each attention module's mask; under ``unit_gate``, the gate on every trunk unit's branch. Empty
+    when the network has no gate block."""
     gates: dict[str, list[dict]] = {}
     for number, stage in enumerate(net.stages, 1):
-        blocks = [m.block for m in stage.modules() if isinstance(m, AttentionModule) and m.block is not None]
-        if blocks:
-            channels = stage[0].conv3[-1].out_channels
-            gates.setdefault("attention_block", []).append(
-                {"stage": number, "channels": channels, **gate_sizes(blocks[0])}
-            )
+        modules = [m for m in stage.modules() if isinstance(m, AttentionModule)]
+        placed = {
+            "attention_block": [m.block for m in modules if m.block is not None],
+            "unit_gate": [m.gate for m in stage.modules() if isinstance(m, ResidualUnit) and m.gate is not None],
+        }
+        channels = stage[0].conv3[-1].out_channels
+        for placement, blocks in placed.items():
+            if blocks:
+                gates.setdefault(placement, []).append({"stage": number, "channels": channels, **gate_sizes(blocks[0])})
     return gates
 
 

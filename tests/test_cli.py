@@ -58,16 +58,17 @@ GATE_SIZES = {
 }
 
 
+@pytest.mark.parametrize("placement", ["attention_block", "unit_gate"])
 @pytest.mark.parametrize("block, width", list(GATE_SIZES))
-def test_summary_prints_each_stages_gate_sizes(block, width, capsys):
+def test_summary_prints_each_stages_gate_sizes(block, width, placement, capsys):
     from resattn.__main__ import main
 
-    assert main(["summary", "--attention_block", block, "--width", width]) == 0
+    assert main(["summary", f"--{placement}", block, "--width", width]) == 0
     gates = json.loads(capsys.readouterr().out)["gates"]
     channels = [16, 32, 64] if width == "0.25" else [64, 128, 256]
     sizes = GATE_SIZES[block, width]
     expected = [{"stage": i + 1, "channels": c, **g} for i, (c, g) in enumerate(zip(channels, sizes))]
-    assert gates == {"attention_block": expected}
+    assert gates == {placement: expected}
 
 
 def test_summary_of_a_network_without_gates_has_none(capsys):

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from resattn import ModelConfig, build_model
 from resattn.cli import build_run
+from resattn.config import GATES
 from resattn.data import normalize
-from resattn.gates import GATES
 from resattn.packing import PackedClassifier, PackedData, PackedNetwork
 
 SEEDS = (0, 1)
@@ -229,12 +229,16 @@ def _gated_nets(dtype: torch.dtype, **gates) -> list:
     return nets
 
 
-@pytest.mark.parametrize("gates", [{"attention_block": g} for g in GATES], ids=str)
+GATED = [{"attention_block": g} for g in GATES] + [{"attention_learning": "none", "unit_gate": g} for g in GATES]
+
+
+@pytest.mark.parametrize("gates", GATED, ids=str)
 def test_a_pack_of_gated_networks_is_each_members_network_in_fp64_and_runs_in_bf16(gates):
-    """timm's gate blocks under vmap (1x1 and 1-D convolutions, pools, CBAM's BatchNormAct2d): each
-    member's logits and gradients in a pack are its own in fp64 (to 1e-9), and a bf16 pack runs in
-    bf16 (CBAM's BatchNorm subclass had refused bf16 input under vmap) within 10% of each member's
-    own bf16 logits (bf16 round-off, as in the test above)."""
+    """timm's gate blocks under vmap, as each attention module's mask and in every unit (SE-ResNet and
+    the others): 1x1 and 1-D convolutions, pools, CBAM's BatchNormAct2d. Each member's logits and
+    gradients in a pack are its own in fp64 (to 1e-9), and a bf16 pack runs in bf16 (CBAM's
+    BatchNorm subclass had refused bf16 input under vmap) within 10% of each member's own bf16
+    logits (bf16 round-off, as in the test above)."""
     nets = _gated_nets(torch.float64, **gates)
     packed = PackedNetwork(nets).train()
     x = torch.randn(2, 4, 3, 32, 32, dtype=torch.float64)
