@@ -120,12 +120,16 @@ class HourglassMask(nn.Module):
 class LocalConvMask(nn.Module):
     """Local-convolution body (paper Table 4): residual units at full resolution, no down- or up-sampling.
 
-    ``units=3`` is PAPER.md's literal reading (``local_conv``); it costs 3.8x the multiply-adds of
-    the hourglass mask it replaces. The paper's local-convolution mask has "the same number of
-    FLOPs" as the hourglass: ``local_conv_matched`` keeps one full-resolution unit, the count whose
-    cost is closest to the hourglass's (which, pooled, costs about 0.97 / 0.88 / 0.5
-    full-resolution units in stages 1 / 2 / 3), so the network's multiply-adds are within 10% of
-    the hourglass network's (tested for every CIFAR depth).
+    ``units=3`` is PAPER.md's literal reading (``local_conv``): its body costs 3.8x the multiply-adds
+    of the hourglass body, its branch (body + the shared head) 1.83x. The paper's local-convolution
+    mask has "the same number of FLOPs" as the hourglass; how they were matched is open (PAPER.md
+    section 1, "Soft mask branch, local convolutions"). ``local_conv_matched`` keeps one
+    full-resolution unit, the count whose cost is closest to the hourglass body's (which, pooled,
+    costs about 0.97 / 0.88 / 0.5 full-resolution units in stages 1 / 2 / 3): with r = 1 (CIFAR 56
+    to 236) its body costs 1.03x / 1.14x / 2.00x the hourglass body per stage (+28%), its branch
+    +8.2% of the hourglass branch's multiply-adds (tested within 10%) with 0.61x its parameters.
+    Attention-452 (r = 3) triples the hourglass's units, not this one's: its branch costs -25%
+    (:func:`resattn.summary.mask_branch_cost`).
     """
 
     def __init__(self, channels: int, pools: int, r: int, units: int = 3) -> None:  # HourglassMask's signature
@@ -139,7 +143,7 @@ class LocalConvMask(nn.Module):
 MASK_BODIES: dict[str, Callable[..., nn.Module]] = {
     "hourglass": HourglassMask,
     "local_conv": LocalConvMask,  # three units, as PAPER.md reads Table 4 literally
-    "local_conv_matched": functools.partial(LocalConvMask, units=1),  # at the hourglass's compute
+    "local_conv_matched": functools.partial(LocalConvMask, units=1),  # about the hourglass branch's compute
 }
 
 

@@ -71,7 +71,7 @@ class ModelConfig:
 
     depth: int = 56  # CIFAR: 56, 92, 128, 164, 236, 452; ImageNet: 56, 92
     attention_learning: AttentionLearning = "arl"  # arl: H=(1+M)*T (Eq. 3); nal: H=M*T (Eq. 1)
-    mask_structure: MaskStructure = "hourglass"  # bottom-up top-down; three local units; one (FLOP-matched)
+    mask_structure: MaskStructure = "hourglass"  # bottom-up top-down; three local units; one (~ hourglass MACs)
     normalization: Normalization = "mixed"  # f1 sigmoid, f2 channel L2, f3 spatial standardise+sigmoid
     attention_block: AttentionBlock = "soft_mask"  # the paper's soft mask, or a se / cbam / eca gate as the mask
     unit_gate: UnitGate = "none"  # a se / cbam / eca gate on every trunk unit's branch, as their papers place it

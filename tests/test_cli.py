@@ -43,6 +43,7 @@ def test_summary_resnet_164_and_bad_flag(capsys):
     assert main(["summary", "--depth", "164", "--attention_learning", "none"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["name"] == "ResNet-164" and abs(result["params"] / 1.7e6 - 1) < 0.04
+    assert result["mask_branch"] is None
     code, err = _in_process(capsys, "summary", "--normalization", "softmax")
     assert code == 2 and "mixed" in err and "spatial" in err
 
@@ -75,7 +76,9 @@ def test_summary_of_a_network_without_gates_has_none(capsys):
     from resattn.__main__ import main
 
     assert main(["summary", "--width", "0.25"]) == 0
-    assert json.loads(capsys.readouterr().out)["gates"] == {}
+    result = json.loads(capsys.readouterr().out)
+    assert result["gates"] == {}
+    assert [r["stage"] for r in result["mask_branch"]["stages"]] == [1, 2, 3]  # the soft masks' own cost
 
 
 def test_fit_flag_validation(capsys):
