@@ -3,7 +3,8 @@
 PAPER.md section 1 is the spec. One string-keyed factory per ablation switch: the soft mask's
 structure (``MASK_BODIES``), its normalisation (``NORMALIZERS``), the attention learning rule
 (``LEARNING_RULES``) and, beyond the paper, the block that computes the attention (``GATE_BLOCKS``:
-the paper's soft mask, or timm's SE, CBAM or ECA); an unknown name fails naming the allowed ones.
+the paper's soft mask, or the gate of timm's SE, CBAM or ECA block used as the mask); an unknown
+name fails naming the allowed ones.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resattn.gates import GATES, UNIT_GATES
 from resattn.layers import ResidualUnit, bn_relu_conv, residual_units
 
 # f2 divides by max(||x_i||_2, CHANNEL_EPS) (torch.nn.functional.normalize): unit norm wherever the
@@ -118,12 +120,16 @@ class HourglassMask(nn.Module):
 class LocalConvMask(nn.Module):
     """Local-convolution body (paper Table 4): residual units at full resolution, no down- or up-sampling.
 
-    ``units=3`` is PAPER.md's literal reading (``local_conv``); it costs 3.8x the multiply-adds of
-    the hourglass mask it replaces. The paper's local-convolution mask has "the same number of
-    FLOPs" as the hourglass: ``local_conv_matched`` keeps one full-resolution unit, the count whose
-    cost is closest to the hourglass's (which, pooled, costs about 0.97 / 0.88 / 0.5
-    full-resolution units in stages 1 / 2 / 3), so the network's multiply-adds are within 10% of
-    the hourglass network's (tested for every CIFAR depth).
+    ``units=3`` is PAPER.md's literal reading (``local_conv``): its body costs 3.8x the multiply-adds
+    of the hourglass body, its branch (body + the shared head) 1.83x. The paper's local-convolution
+    mask has "the same number of FLOPs" as the hourglass; how they were matched is open (PAPER.md
+    section 1, "Soft mask branch, local convolutions"). ``local_conv_matched`` keeps one
+    full-resolution unit, the count whose cost is closest to the hourglass body's (which, pooled,
+    costs about 0.97 / 0.88 / 0.5 full-resolution units in stages 1 / 2 / 3): with r = 1 (CIFAR 56
+    to 236) its body costs 1.03x / 1.14x / 2.00x the hourglass body per stage (+28%), its branch
+    +8.2% of the hourglass branch's multiply-adds (tested within 10%) with 0.61x its parameters.
+    Attention-452 (r = 3) triples the hourglass's units, not this one's: its branch costs -25%
+    (:func:`resattn.summary.mask_branch_cost`).
     """
 
     def __init__(self, channels: int, pools: int, r: int, units: int = 3) -> None:  # HourglassMask's signature
@@ -137,7 +143,7 @@ class LocalConvMask(nn.Module):
 MASK_BODIES: dict[str, Callable[..., nn.Module]] = {
     "hourglass": HourglassMask,
     "local_conv": LocalConvMask,  # three units, as PAPER.md reads Table 4 literally
-    "local_conv_matched": functools.partial(LocalConvMask, units=1),  # at the hourglass's compute
+    "local_conv_matched": functools.partial(LocalConvMask, units=1),  # about the hourglass branch's compute
 }
 
 
@@ -185,34 +191,13 @@ def gated_naive_learning(gated: torch.Tensor, trunk: torch.Tensor) -> torch.Tens
 GATED_RULES = {"arl": gated_residual_learning, "nal": gated_naive_learning}
 
 
-def _se(channels: int) -> nn.Module:
-    from timm.layers.squeeze_excite import SEModule
-
-    return SEModule(channels)  # squeeze-and-excitation (Hu et al. 2018), reduction 16
-
-
-def _cbam(channels: int) -> nn.Module:
-    from timm.layers.cbam import CbamModule
-
-    return CbamModule(channels)  # channel then 7x7 spatial gate (Woo et al. 2018), reduction 16
-
-
-def _eca(channels: int) -> nn.Module:
-    from timm.layers.eca import EcaModule
-
-    return EcaModule(channels=channels)  # 1-D conv across channels, kernel from C (Wang et al. 2020)
-
-
-# Attention blocks that came after the paper, from timm: each returns its input times a gate M
-# computed from that input (M in (0, 1): sigmoid gates). In an attention module the block reads the
-# trunk output T, as these blocks do in their own networks, and its M multiplies T with the
-# module's learning rule. "soft_mask" is the paper's soft mask branch (``mask_structure``).
-GATE_BLOCKS: dict[str, Callable[[int], nn.Module] | None] = {
-    "soft_mask": None,
-    "se": _se,
-    "cbam": _cbam,
-    "eca": _eca,
-}
+# What computes an attention module's mask M: the paper's soft mask branch ("soft_mask", shaped by
+# ``mask_structure`` and ``normalization``), or a timm gate block (:mod:`resattn.gates`) used as the
+# ARL / NAL mask. A gate block reads the module's trunk output T and returns g(T) * T, so M = g(T)
+# and H = T + g(T) * T (ARL) or g(T) * T (NAL), once per attention module. That is not SE, CBAM or
+# ECA as their papers place them (in every residual unit, on the branch before the identity add:
+# ``unit_gate``, :class:`resattn.layers.ResidualUnit`).
+GATE_BLOCKS: dict[str, Callable[[int], nn.Module] | None] = {"soft_mask": None, **GATES}
 
 
 class AttentionModule(nn.Module):
@@ -220,8 +205,11 @@ class AttentionModule(nn.Module):
 
     a = RU^p(x); T = RU^t(a); M = mask(a); H = (1 + M) * T (ARL) or M * T (NAL); out = RU^p(H).
     With ``attention_learning="none"`` there is no mask branch and H = T. With a gate block
-    (``attention_block`` se / cbam / eca, :data:`GATE_BLOCKS`) in place of the soft mask, M is the
-    block's gate computed from T, and H = T + block(T) (ARL) or block(T) (NAL).
+    (``attention_block`` se / cbam / eca, :data:`GATE_BLOCKS`) in place of the soft mask, the mask
+    is the block's gate computed from the trunk output, M = g(T): H = T + g(T) * T (ARL, Eq. 3) or
+    g(T) * T (NAL, Eq. 1), one gate per module (not the blocks' published placement). With
+    ``unit_gate`` (se / cbam / eca), every unit of the trunk path (pre, trunk, post) has that gate
+    on its branch (:class:`resattn.layers.ResidualUnit`); the soft mask branch's units do not.
     """
 
     def __init__(
@@ -235,19 +223,21 @@ class AttentionModule(nn.Module):
         t: int = 2,
         r: int = 1,
         attention_block: str = "soft_mask",
+        unit_gate: str = "none",
     ) -> None:
         super().__init__()
         self.learning_rule = _lookup(LEARNING_RULES, attention_learning, "attention_learning")
         make_block = _lookup(GATE_BLOCKS, attention_block, "attention_block")
-        self.pre = residual_units(channels, p)
-        self.trunk = residual_units(channels, t)
+        gate = _lookup(UNIT_GATES, unit_gate, "unit_gate")
+        self.pre = residual_units(channels, p, gate)
+        self.trunk = residual_units(channels, t, gate)
         self.mask = self.block = None
         if self.learning_rule is not None and make_block is None:
             self.mask = SoftMaskBranch(channels, mask_structure, normalization, pools, r)
         elif self.learning_rule is not None:
             self.block = make_block(channels)
             self.gated_rule = GATED_RULES[attention_learning]
-        self.post = residual_units(channels, p)
+        self.post = residual_units(channels, p, gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.pre(x)

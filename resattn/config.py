@@ -14,13 +14,16 @@ from resattn.ranges import BOOL, NONE, Choice, Items, Number, Setting, SettingEr
 ATTENTION_LEARNING = ("arl", "nal", "none")
 MASK_STRUCTURES = ("hourglass", "local_conv", "local_conv_matched")
 NORMALIZATIONS = ("mixed", "channel", "spatial")
-ATTENTION_BLOCKS = ("soft_mask", "se", "cbam", "eca")
+GATES = ("se", "cbam", "eca")  # timm's gate blocks (resattn.gates)
+ATTENTION_BLOCKS = ("soft_mask", *GATES)
+UNIT_GATES = ("none", *GATES)
 FAMILIES = ("cifar", "imagenet")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 AttentionLearning = Literal[ATTENTION_LEARNING]
 MaskStructure = Literal[MASK_STRUCTURES]
 Normalization = Literal[NORMALIZATIONS]
 AttentionBlock = Literal[ATTENTION_BLOCKS]
+UnitGate = Literal[UNIT_GATES]
 Family = Literal[FAMILIES]
 CompileMode = Literal[COMPILE_MODES]
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # the CIFAR data sets and their class counts
@@ -61,14 +64,17 @@ class ModelConfig:
 
     Mask settings (``mask_structure``, ``normalization``, ``r``) are ignored when
     ``attention_learning="none"`` (that network is the plain pre-activation ResNet trunk) and when
-    ``attention_block`` is a gate block (se, cbam, eca) instead of the paper's soft mask.
+    ``attention_block`` is a gate block (se, cbam, eca) instead of the paper's soft mask;
+    ``attention_block`` is ignored under ``attention_learning="none"`` too. ``unit_gate`` is not:
+    ``attention_learning="none", unit_gate="se"`` is SE-ResNet of the trunk's depth.
     """
 
     depth: int = 56  # CIFAR: 56, 92, 128, 164, 236, 452; ImageNet: 56, 92
     attention_learning: AttentionLearning = "arl"  # arl: H=(1+M)*T (Eq. 3); nal: H=M*T (Eq. 1)
-    mask_structure: MaskStructure = "hourglass"  # bottom-up top-down; three local units; one (FLOP-matched)
+    mask_structure: MaskStructure = "hourglass"  # bottom-up top-down; three local units; one (~ hourglass MACs)
     normalization: Normalization = "mixed"  # f1 sigmoid, f2 channel L2, f3 spatial standardise+sigmoid
-    attention_block: AttentionBlock = "soft_mask"  # the paper's soft mask, or timm's se / cbam / eca gate
+    attention_block: AttentionBlock = "soft_mask"  # the paper's soft mask, or a se / cbam / eca gate as the mask
+    unit_gate: UnitGate = "none"  # a se / cbam / eca gate on every trunk unit's branch, as their papers place it
     family: Family = "cifar"  # input family: cifar (32x32) or imagenet (224x224)
     num_classes: int = 10
     width: float = 1.0  # channel multiplier; 1.0 = the paper's widths
@@ -97,9 +103,11 @@ class ModelConfig:
 
     @property
     def name(self) -> str:
-        """The paper's name: Attention-92, or ResNet-164 for the no-attention trunk."""
+        """The paper's name: Attention-92, or ResNet-164 for the no-attention trunk; with a gate in
+        every unit, the gate's name first, as its paper names it (SE-ResNet-56)."""
         prefix = "ResNet" if self.attention_learning == "none" else "Attention"
-        return f"{prefix}-{self.depth}"
+        gate = "" if self.unit_gate == "none" else f"{self.unit_gate.upper()}-"
+        return f"{gate}{prefix}-{self.depth}"
 
     @property
     def paper_params(self) -> float | None:
@@ -107,6 +115,8 @@ class ModelConfig:
         paper_classes = 10 if self.family == "cifar" else 1000
         if self.width != 1.0 or self.num_classes != paper_classes or (self.p, self.t, self.r) != (None, None, None):
             return None
+        if self.unit_gate != "none" or (self.attention_learning != "none" and self.attention_block != "soft_mask"):
+            return None  # a gate block: not the paper's network
         if self.attention_learning == "none":
             return PAPER_RESNET_PARAMS.get((self.family, self.depth))
         return self.preset.paper_params
@@ -131,6 +141,7 @@ MODEL_SETTINGS: dict[str, Setting] = {
     "mask_structure": setting(Choice(MASK_STRUCTURES)),
     "normalization": setting(Choice(NORMALIZATIONS)),
     "attention_block": setting(Choice(ATTENTION_BLOCKS)),
+    "unit_gate": setting(Choice(UNIT_GATES)),
     "family": setting(Choice(FAMILIES)),
     "num_classes": setting(_integer(ge=2)),
     "width": setting(Number(gt=0, le=8)),  # 1.0: the paper's widths

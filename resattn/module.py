@@ -16,6 +16,7 @@ from resattn.config import (
     MaskStructure,
     ModelConfig,
     Normalization,
+    UnitGate,
     check_network,
 )
 from resattn.network import build_model
@@ -36,8 +37,8 @@ class ResidualAttentionClassifier(L.LightningModule):
     Each argument's allowed values are declared in :data:`resattn.config.MODEL_SETTINGS`.
 
     Args:
-        depth, attention_learning, mask_structure, normalization, attention_block, family, num_classes,
-            width, p, t, r: the network, see :class:`resattn.ModelConfig`.
+        depth, attention_learning, mask_structure, normalization, attention_block, unit_gate, family,
+            num_classes, width, p, t, r: the network, see :class:`resattn.ModelConfig`.
         lr: initial learning rate.
         momentum: SGD momentum.
         weight_decay: L2 weight decay on every parameter.
@@ -63,6 +64,7 @@ class ResidualAttentionClassifier(L.LightningModule):
         mask_structure: MaskStructure = "hourglass",
         normalization: Normalization = "mixed",
         attention_block: AttentionBlock = "soft_mask",
+        unit_gate: UnitGate = "none",
         family: Family = "cifar",
         num_classes: int = 10,
         width: float = 1.0,
@@ -88,6 +90,7 @@ class ResidualAttentionClassifier(L.LightningModule):
             mask_structure=mask_structure,
             normalization=normalization,
             attention_block=attention_block,
+            unit_gate=unit_gate,
             family=family,
             num_classes=num_classes,
             width=width,

@@ -17,6 +17,7 @@ from torch import nn
 
 from resattn.attention import AttentionModule
 from resattn.config import ModelConfig
+from resattn.gates import UNIT_GATES
 from resattn.layers import ResidualUnit
 
 # Max-pools of the hourglass mask in stages 1/2/3 (PAPER.md section 1), for both families.
@@ -31,18 +32,31 @@ def scaled(channels: int, width: float) -> int:
 
 
 class ResidualAttentionNetwork(nn.Module):
-    """Stem, stages of residual units and attention modules, classifier. Built from a ModelConfig."""
+    """Stem, stages of residual units and attention modules, classifier. Built from a ModelConfig.
+
+    ``unit_gate`` puts a gate block on the branch of every residual unit of the trunk path (the
+    stages' units and the attention modules' pre, trunk and post units; not the soft masks' units),
+    before the identity add, as SE, CBAM and ECA are placed in their papers. With
+    ``attention_learning="none"`` the network is then exactly that block's published network on
+    this trunk: ``unit_gate="se"`` is SE-ResNet (Hu et al. 2018), a pre-activation bottleneck ResNet
+    of the same depth and widths with an SE block in each of its (depth - 2) / 3 units (ResNet-164
+    with ``se``: SE-ResNet-164); ``cbam`` the ResNet + CBAM of Woo et al. 2018; ``eca`` ECA-Net
+    (Wang et al. 2020). The gates are timm's with its defaults (:mod:`resattn.gates`), whose hidden
+    sizes are not the papers' reduction 16 at every width.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         w = config.width
         p, t, r = config.units
+        gate = UNIT_GATES[config.unit_gate]
         module_kwargs = dict(
             attention_learning=config.attention_learning,
             mask_structure=config.mask_structure,
             normalization=config.normalization,
             attention_block=config.attention_block,
+            unit_gate=config.unit_gate,
             p=p,
             t=t,
             r=r,
@@ -64,16 +78,18 @@ class ResidualAttentionNetwork(nn.Module):
         stages = []
         for stride, channels, modules, pools in zip(strides, widths, config.modules_per_stage, MASK_POOLS):
             out_ch = scaled(channels, w)
-            units = [ResidualUnit(in_ch, out_ch, stride)]
+            units = [ResidualUnit(in_ch, out_ch, stride, gate)]
             units += [AttentionModule(out_ch, pools=pools, **module_kwargs) for _ in range(modules)]
-            units += [ResidualUnit(out_ch, out_ch) for _ in range(trailing)]
+            units += [ResidualUnit(out_ch, out_ch, gate=gate) for _ in range(trailing)]
             stages.append(nn.Sequential(*units))
             in_ch = out_ch
         if config.family == "imagenet":
             out_ch = scaled(IMAGENET_LAST, w)
             stages.append(
                 nn.Sequential(
-                    ResidualUnit(in_ch, out_ch, 2), ResidualUnit(out_ch, out_ch), ResidualUnit(out_ch, out_ch)
+                    ResidualUnit(in_ch, out_ch, 2, gate),
+                    ResidualUnit(out_ch, out_ch, gate=gate),
+                    ResidualUnit(out_ch, out_ch, gate=gate),
                 )
             )
             in_ch = out_ch

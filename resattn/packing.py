@@ -21,6 +21,7 @@ into a plain network (:meth:`PackedNetwork.member_state`).
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator
 
 import lightning as L
@@ -76,6 +77,13 @@ class PackLinear(nn.Linear):
 PACK_LAYERS = {nn.Conv1d: PackConv1d, nn.Conv2d: PackConv2d, nn.Linear: PackLinear}
 
 
+def in_statistics_dtype(bn: nn.BatchNorm2d, forward, x: torch.Tensor) -> torch.Tensor:
+    """``forward(x)`` of BatchNorm ``bn`` with ``x`` cast to the dtype of its running statistics, the
+    output cast back to ``x``'s dtype."""
+    stats = bn.weight.dtype if bn.running_mean is None else bn.running_mean.dtype
+    return forward(x) if x.dtype == stats else forward(x.to(stats)).to(x.dtype)
+
+
 class PackBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm (Ioffe & Szegedy 2015, Algorithm 1) as a pack runs it: normalised in the dtype of its
     running statistics (fp32), the output in the input's dtype. A single network's BatchNorm kernel
@@ -84,10 +92,20 @@ class PackBatchNorm2d(nn.BatchNorm2d):
     and the statistics stay in fp32 as a single network's do. Its state is BatchNorm2d's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stats = self.weight.dtype if self.running_mean is None else self.running_mean.dtype
-        if x.dtype == stats:
-            return super().forward(x)
-        return super().forward(x.to(stats)).to(x.dtype)
+        return in_statistics_dtype(self, super().forward, x)
+
+
+@functools.cache
+def pack_batchnorm(cls: type[nn.BatchNorm2d]) -> type[nn.BatchNorm2d]:
+    """:class:`PackBatchNorm2d` for BatchNorm2d; for a subclass (timm's BatchNormAct2d, in CBAM's
+    spatial gate, refused bf16 input in a pack too), a subclass of it made here with the same cast."""
+    if cls is nn.BatchNorm2d:
+        return PackBatchNorm2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_statistics_dtype(self, functools.partial(cls.forward, self), x)
+
+    return type(f"Pack{cls.__name__}", (cls,), {"forward": forward})
 
 
 class GlobalAvgPool(nn.Module):
@@ -100,16 +118,17 @@ class GlobalAvgPool(nn.Module):
 
 def pack_template(net: nn.Module) -> nn.Module:
     """A stateless copy of ``net`` (on the meta device) for :class:`PackedNetwork` to run under vmap:
-    convolutions and linear layers that follow autocast (:class:`PackConv2d`), :class:`PackBatchNorm2d`
-    for BatchNorm2d, out-of-place ReLU (in-place ReLU makes vmap copy), :class:`GlobalAvgPool` for a
-    1x1 adaptive average pool. Parameter and buffer names are ``net``'s."""
+    convolutions and linear layers that follow autocast (:class:`PackConv2d`), BatchNorm2d and its
+    subclasses cast to their statistics' dtype (:func:`pack_batchnorm`), out-of-place ReLU (in-place
+    ReLU makes vmap copy), :class:`GlobalAvgPool` for a 1x1 adaptive average pool. Parameter and
+    buffer names are ``net``'s."""
     template = copy.deepcopy(net).to("meta")
     for parent in template.modules():
         for name, child in parent.named_children():
             if type(child) in PACK_LAYERS:
                 child.__class__ = PACK_LAYERS[type(child)]  # the same state, another forward
-            elif type(child) is nn.BatchNorm2d:
-                child.__class__ = PackBatchNorm2d
+            elif isinstance(child, nn.BatchNorm2d):
+                child.__class__ = pack_batchnorm(type(child))
             elif isinstance(child, nn.ReLU):
                 child.inplace = False
             elif isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):

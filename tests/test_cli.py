@@ -43,8 +43,42 @@ def test_summary_resnet_164_and_bad_flag(capsys):
     assert main(["summary", "--depth", "164", "--attention_learning", "none"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["name"] == "ResNet-164" and abs(result["params"] / 1.7e6 - 1) < 0.04
+    assert result["mask_branch"] is None
     code, err = _in_process(capsys, "summary", "--normalization", "softmax")
     assert code == 2 and "mixed" in err and "spatial" in err
+
+
+# timm's defaults at the project's widths (resattn/gates.py, README): not reduction 16
+GATE_SIZES = {
+    ("se", "0.25"): [{"se_hidden": 8}] * 3,
+    ("se", "1.0"): [{"se_hidden": 8}, {"se_hidden": 8}, {"se_hidden": 16}],
+    ("cbam", "0.25"): [{"cbam_mlp_hidden": h, "cbam_spatial_kernel": 7} for h in (1, 2, 4)],
+    ("cbam", "1.0"): [{"cbam_mlp_hidden": h, "cbam_spatial_kernel": 7} for h in (4, 8, 16)],
+    ("eca", "0.25"): [{"eca_kernel": 3}] * 3,
+    ("eca", "1.0"): [{"eca_kernel": k} for k in (3, 5, 5)],
+}
+
+
+@pytest.mark.parametrize("placement", ["attention_block", "unit_gate"])
+@pytest.mark.parametrize("block, width", list(GATE_SIZES))
+def test_summary_prints_each_stages_gate_sizes(block, width, placement, capsys):
+    from resattn.__main__ import main
+
+    assert main(["summary", f"--{placement}", block, "--width", width]) == 0
+    gates = json.loads(capsys.readouterr().out)["gates"]
+    channels = [16, 32, 64] if width == "0.25" else [64, 128, 256]
+    sizes = GATE_SIZES[block, width]
+    expected = [{"stage": i + 1, "channels": c, **g} for i, (c, g) in enumerate(zip(channels, sizes))]
+    assert gates == {placement: expected}
+
+
+def test_summary_of_a_network_without_gates_has_none(capsys):
+    from resattn.__main__ import main
+
+    assert main(["summary", "--width", "0.25"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["gates"] == {}
+    assert [r["stage"] for r in result["mask_branch"]["stages"]] == [1, 2, 3]  # the soft masks' own cost
 
 
 def test_fit_flag_validation(capsys):

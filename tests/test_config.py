@@ -11,6 +11,7 @@ from resattn.config import ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS, 
         (dict(mask_structure="unet"), ["mask_structure", "'hourglass'", "'local_conv'"]),
         (dict(normalization="softmax"), ["normalization", "'mixed'", "'channel'", "'spatial'"]),
         (dict(family="mnist"), ["family", "'cifar'", "'imagenet'"]),
+        (dict(unit_gate="soft_mask"), ["unit_gate", "'none'", "'se'", "'cbam'", "'eca'"]),
         (dict(depth=100), ["depth=100", "56, 92, 128, 164, 236, 452"]),
         (dict(family="imagenet", depth=164), ["imagenet", "56, 92"]),
         (dict(width=0), ["width"]),
@@ -36,6 +37,21 @@ def test_config_is_frozen_and_fills_the_preset():
 def test_names():
     assert ModelConfig(depth=164, attention_learning="none").name == "ResNet-164"
     assert ModelConfig(depth=92).name == "Attention-92"
+    assert ModelConfig(depth=164, attention_learning="none", unit_gate="se").name == "SE-ResNet-164"
+    assert ModelConfig(unit_gate="cbam").name == "CBAM-Attention-56"
+
+
+@pytest.mark.parametrize(
+    "base, gate",
+    [
+        (dict(depth=164, attention_learning="none"), dict(unit_gate="se")),
+        (dict(depth=92), dict(attention_block="eca")),
+        (dict(depth=92), dict(unit_gate="cbam")),
+    ],
+)
+def test_a_gated_network_has_no_paper_count(base, gate):
+    assert ModelConfig(**base).paper_params is not None  # ResNet-164 1.7M, Attention-92 1.9M
+    assert ModelConfig(**base, **gate).paper_params is None
 
 
 def _count(net) -> int:
@@ -75,9 +91,22 @@ def test_every_switch_value_has_an_implementation_and_a_type():
     """The allowed values, the Literal types the CLI validates with, and the factories agree."""
     from typing import get_args
 
-    from resattn.attention import LEARNING_RULES, MASK_BODIES, NORMALIZERS
-    from resattn.config import AttentionLearning, MaskStructure, Normalization
+    from resattn import gates
+    from resattn.attention import GATE_BLOCKS, LEARNING_RULES, MASK_BODIES, NORMALIZERS
+    from resattn.config import (
+        ATTENTION_BLOCKS,
+        GATES,
+        UNIT_GATES,
+        AttentionBlock,
+        AttentionLearning,
+        MaskStructure,
+        Normalization,
+        UnitGate,
+    )
 
     assert set(ATTENTION_LEARNING) == set(get_args(AttentionLearning)) == set(LEARNING_RULES)
     assert set(MASK_STRUCTURES) == set(get_args(MaskStructure)) == set(MASK_BODIES)
     assert set(NORMALIZATIONS) == set(get_args(Normalization)) == set(NORMALIZERS)
+    assert set(GATES) == set(gates.GATES)
+    assert set(ATTENTION_BLOCKS) == set(get_args(AttentionBlock)) == set(GATE_BLOCKS)
+    assert set(UNIT_GATES) == set(get_args(UnitGate)) == set(gates.UNIT_GATES)

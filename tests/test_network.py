@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from resattn import ModelConfig, build_model
-from resattn.config import ATTENTION_BLOCKS, ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS, PRESETS
+from resattn.config import ATTENTION_LEARNING, GATES, MASK_STRUCTURES, NORMALIZATIONS, PRESETS
+from resattn.layers import ResidualUnit
 
 SWITCHES = list(itertools.product(ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS))
-GATES = [b for b in ATTENTION_BLOCKS if b != "soft_mask"]
 
 
 @pytest.mark.parametrize("family, depth", [k for k in PRESETS if k[0] == "cifar"])
@@ -45,24 +45,31 @@ def test_odd_input_size():
     assert net(torch.randn(2, 3, 37, 29)).shape == (2, 10)
 
 
-ALL = [(*s, "soft_mask") for s in SWITCHES] + [(lr, "hourglass", "mixed", b) for lr in ("arl", "nal") for b in GATES]
+ALL = (
+    [(*s, "soft_mask", "none") for s in SWITCHES]
+    + [(lr, "hourglass", "mixed", b, "none") for lr in ("arl", "nal") for b in GATES]
+    + [(lr, "hourglass", "mixed", "soft_mask", g) for lr in ("none", "arl") for g in GATES]
+)
 # every value of every switch at least once in the fast tier; the whole product in the slow one
 CORE = {
-    ("arl", "hourglass", "mixed", "soft_mask"),
-    ("nal", "local_conv", "channel", "soft_mask"),
-    ("none", "hourglass", "mixed", "soft_mask"),
-    ("arl", "local_conv_matched", "spatial", "soft_mask"),
-    ("arl", "hourglass", "mixed", "se"),
-    ("nal", "hourglass", "mixed", "cbam"),
-    ("arl", "hourglass", "mixed", "eca"),
+    ("arl", "hourglass", "mixed", "soft_mask", "none"),
+    ("nal", "local_conv", "channel", "soft_mask", "none"),
+    ("none", "hourglass", "mixed", "soft_mask", "none"),
+    ("arl", "local_conv_matched", "spatial", "soft_mask", "none"),
+    ("arl", "hourglass", "mixed", "se", "none"),
+    ("nal", "hourglass", "mixed", "cbam", "none"),
+    ("arl", "hourglass", "mixed", "eca", "none"),
+    ("none", "hourglass", "mixed", "soft_mask", "se"),
+    ("none", "hourglass", "mixed", "soft_mask", "cbam"),
+    ("arl", "hourglass", "mixed", "soft_mask", "eca"),
 }
 
 
 @pytest.mark.parametrize(
-    "learning, structure, norm, block",
+    "learning, structure, norm, block, unit_gate",
     [c if c in CORE else pytest.param(*c, marks=pytest.mark.slow) for c in ALL],
 )
-def test_no_module_is_used_twice_and_every_parameter_gets_a_gradient(learning, structure, norm, block):
+def test_no_module_is_used_twice_and_every_parameter_gets_a_gradient(learning, structure, norm, block, unit_gate):
     net = build_model(
         ModelConfig(
             depth=56,
@@ -70,21 +77,62 @@ def test_no_module_is_used_twice_and_every_parameter_gets_a_gradient(learning, s
             mask_structure=structure,
             normalization=norm,
             attention_block=block,
+            unit_gate=unit_gate,
             width=0.125,
         )
     )
     calls = Counter()
     leaves = [m for m in net.modules() if not list(m.children())]
-    # CBAM's shared MLP reads the average and the max pool by design: inside gate blocks, a leaf may run twice
-    shared = {id(m) for n, m in net.named_modules() if ".block." in n and block == "cbam"}
+    # CBAM's shared MLP reads the average and the max pool by design: inside its blocks, a leaf may run twice
+    cbam = (".block." if block == "cbam" else None, ".gate." if unit_gate == "cbam" else None)
+    shared = {id(m) for n, m in net.named_modules() if any(c and c in n for c in cbam)}
     hooks = [m.register_forward_hook(lambda m, i, o: calls.update([id(m)])) for m in leaves]
+    # CBAM's channel MLP has round(C/16) hidden units, 1 at C = 8: when its one ReLU is off for the
+    # whole batch (avg and max pool), its weights get no gradient. That is the block, not a wiring fault.
+    acts = {n: m for n, m in net.named_modules() if n.endswith(".channel.act")}
+    alive = set()
+    hooks += [
+        m.register_forward_hook(lambda m, i, o, n=n: alive.add(n) if (o > 0).any() else None) for n, m in acts.items()
+    ]
     net(torch.randn(4, 3, 32, 32)).square().mean().backward()
     for h in hooks:
         h.remove()
     assert max(v for k, v in calls.items() if k not in shared) == 1, "a module instance runs in two places"
     assert all(calls[id(m)] >= 1 for m in leaves if list(m.parameters())), "a layer never runs"
+    dead = tuple(n.removesuffix("act") for n in acts if n not in alive)
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing, f"parameters without gradient: {missing[:5]}"
+    assert not [n for n in missing if not n.startswith(dead)], f"parameters without gradient: {missing[:5]}"
+
+
+@pytest.mark.parametrize(
+    "family, depth, learning", [("cifar", 92, "none"), ("cifar", 56, "arl"), ("imagenet", 56, "none")]
+)
+def test_a_unit_gate_is_on_every_trunk_unit_and_on_no_mask_unit(family, depth, learning):
+    """(depth - 2) / 3 trunk units (the name's count), each gated; the soft masks' units are not."""
+    net = build_model(
+        ModelConfig(depth=depth, family=family, attention_learning=learning, unit_gate="eca", width=0.0625)
+    )
+    units = {n: m for n, m in net.named_modules() if isinstance(m, ResidualUnit)}
+    trunk = [m for n, m in units.items() if ".mask." not in n]
+    mask = [m for n, m in units.items() if ".mask." in n]
+    assert len(trunk) == (depth - 2) // 3 and all(m.gate is not None for m in trunk)
+    assert all(m.gate is None for m in mask) and (len(mask) > 0) == (learning != "none")
+
+
+@pytest.mark.parametrize("name", GATES)
+def test_unit_gate_networks_cost_what_a_gate_in_every_unit_adds(name):
+    """SE-ResNet-56 (and CBAM, ECA) = ResNet-56 + one gate per unit: 6 units per stage, each gate
+    costing what its design says at the stage's channels and resolution."""
+    from resattn.network import CIFAR_WIDTHS
+    from resattn.summary import model_cost
+    from tests.test_attention import _gate_cost
+
+    base = model_cost(build_model(ModelConfig(depth=56, attention_learning="none")))
+    gated = model_cost(build_model(ModelConfig(depth=56, attention_learning="none", unit_gate=name)))
+    units = (56 - 2) // 3 // 3  # per stage
+    per_stage = [_gate_cost(name, c, size * size) for c, size in zip(CIFAR_WIDTHS, (32, 16, 8))]
+    assert gated["params"] - base["params"] == units * sum(p for p, _ in per_stage)
+    assert gated["macs"] - base["macs"] == units * sum(m for _, m in per_stage)
 
 
 def test_resnet_baseline_is_the_same_trunk_without_masks():

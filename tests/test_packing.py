@@ -17,7 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resattn import ModelConfig, build_model
 from resattn.cli import build_run
+from resattn.config import GATES
 from resattn.data import normalize
 from resattn.packing import PackedClassifier, PackedData, PackedNetwork
 
@@ -217,6 +219,47 @@ def test_one_packed_bf16_step_is_each_seeds_own_bf16_step_with_fp32_statistics()
             scale = _distance(truth, {n: 0 * v for n, v in truth.items()})
             assert _distance(mine, truth) <= 1.25 * _distance(theirs, truth) + 1e-4 * scale
         assert _distance({"": logits[k].double()}, {"": out}) < 0.1 * true_out.norm().item()
+
+
+def _gated_nets(dtype: torch.dtype, **gates) -> list:
+    nets = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        # one trunk unit per module and none around it: every gate, few units (vmap runs op by op on a CPU)
+        nets.append(build_model(ModelConfig(width=0.125, p=0, t=1, **gates)).to(dtype).train())
+    return nets
+
+
+GATED = [{"attention_block": g} for g in GATES] + [{"attention_learning": "none", "unit_gate": g} for g in GATES]
+
+
+@pytest.mark.parametrize("gates", GATED, ids=str)
+def test_a_pack_of_gated_networks_is_each_members_network_in_fp64_and_runs_in_bf16(gates):
+    """timm's gate blocks under vmap, as each attention module's mask and in every unit (SE-ResNet and
+    the others): 1x1 and 1-D convolutions, pools, CBAM's BatchNormAct2d. Each member's logits and
+    gradients in a pack are its own in fp64 (to 1e-9), and a bf16 pack runs in bf16 (CBAM's
+    BatchNorm subclass had refused bf16 input under vmap) within 10% of each member's own bf16
+    logits (bf16 round-off, as in the test above)."""
+    nets = _gated_nets(torch.float64, **gates)
+    packed = PackedNetwork(nets).train()
+    x = torch.randn(2, 4, 3, 32, 32, dtype=torch.float64)
+    logits = packed(x)
+    logits.square().sum().backward()
+    for k, net in enumerate(nets):
+        out = net(x[k])
+        out.square().sum().backward()
+        assert torch.allclose(logits[k], out, rtol=1e-9, atol=1e-9)
+        grads = {n: p.grad[k] for n, p in zip(packed._param_names, packed.stacked)}
+        for name, p in net.named_parameters():
+            assert torch.allclose(grads[name], p.grad, rtol=1e-7, atol=1e-9), name
+    nets = _gated_nets(torch.float32, **gates)
+    packed = PackedNetwork(nets).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = packed(x.float())
+        alone = [net(x[k].float()) for k, net in enumerate(nets)]
+    assert logits.dtype == torch.bfloat16
+    for k, out in enumerate(alone):
+        assert (logits[k].float() - out.float()).norm() < 0.1 * out.float().norm()
 
 
 def test_pack_metrics_weigh_every_image_and_match_torchmetrics():
