@@ -214,6 +214,7 @@ def test_the_readme_block_follows_the_ledger(tmp_path):
     from resattn.report.ledger import README_BLOCK
 
     (tmp_path / "README.md").write_text(f"# x\n\n{README_BLOCK[0]}\nold\n{README_BLOCK[1]}\n\nrest\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")  # a checkout: its README follows
     reports = tmp_path / "reports"
     build_report(load_study("mask_structure"), _mask_structure_results("quick", 3), reports / "mask_structure" / "q")
     write_ledger(reports)
@@ -234,3 +235,42 @@ def test_only_a_paper_protocol_configuration_reads_reproduced_in_the_ledger(tmp_
     line = next(x for x in md.read_text().splitlines() if x.startswith("| The hourglass mask beats local"))
     assert "**paper protocol** (none); 50,000 train / 10,000 test images; 5 seeds" in line
     assert line.endswith("| **reproduced** |") and "the paper's value needs" in line and "detectable ≥" in line
+
+
+@pytest.mark.parametrize(
+    "claims, key, words",
+    [
+        ("[{claim: x, each: [hourglass-56]}]", "claims[0].each", "hourglass-56 is compared with itself"),
+        ("[{claim: x, each: [local-92], against: {depth: 92}}]", "claims[0].against", "compared with itself"),
+        ("[{claim: x, trend: {factor: depth, of: [hourglass-56, local-92]}}]", "claims[0].trend.of", "alike otherwise"),
+        ("[{claim: x, trend: {factor: depth, of: [local-56]}}]", "claims[0].trend.of", "two or more levels"),
+        ("[{claim: x, trend: {factor: depth, of: [hourglass-56, hourglass-92]}}]", "claims[0].trend.of", "absolute"),
+        ("[{claim: x, response: {collapses: [local-56], below: -1}}]", "claims[0].response.below", "> 0"),
+    ],
+)
+def test_claims_with_empty_comparisons_are_refused_when_read(tmp_path, claims, key, words):
+    """A new user's trial: a variant compared with itself got a confident verdict; a trend over the
+    reference variants divided by zero; a negative threshold failed at report time."""
+    (tmp_path / "mine.yaml").write_text(
+        "title: t\nfactors: {mask_structure: [hourglass, local], depth: [56, 92]}\n"
+        "reference: {mask_structure: hourglass}\n"
+        f"claims: {claims}\n"
+    )
+    with pytest.raises(SpecError) as err:
+        load_study("mine", root=tmp_path)
+    assert key in str(err.value) and words in str(err.value) and "mine.yaml" in str(err.value)
+
+
+def test_the_readme_beside_a_reports_folder_is_left_alone_unless_it_is_the_checkouts(tmp_path, capsys):
+    from resattn.report.ledger import README_BLOCK
+
+    block = f"{README_BLOCK[0]}\nold\n{README_BLOCK[1]}\n"
+    (tmp_path / "README.md").write_text(block)
+    write_ledger(tmp_path / "elsewhere" / "reports")  # a reports folder of one's own, beside no checkout
+    write_ledger(tmp_path / "mine")  # beside the README, but not named reports/
+    assert (tmp_path / "README.md").read_text() == block
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    write_ledger(tmp_path / "reports")
+    assert (
+        "old" not in (tmp_path / "README.md").read_text() and "README results block updated" in capsys.readouterr().out
+    )

@@ -158,6 +158,7 @@ def _piece(paper=0.96, side=1.0) -> Piece:
         (1.1, 1.3, _claim(), "direction only"),  # the same without a margin
         (-2.0, -0.5, _claim(), "contradicted"),  # the other side
         (-0.2, 0.2, _claim(smallest_effect=0.5), "negligible"),  # equivalence: below the effect of interest
+        (0.2, 0.4, _claim(smallest_effect=2.0), "negligible"),  # real, on the paper's side, but below interest
         (-0.2, 0.2, _claim(), "inconclusive"),
         (math.nan, math.nan, _claim(), "inconclusive"),
     ],

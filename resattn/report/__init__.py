@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from resattn.report import plots
-from resattn.report.claims import judge, pieces, write_claims
+from resattn.report.claims import BEYOND, judge, pieces, write_claims
 from resattn.report.stats import summarise
 from resattn.report.tables import readable, write_tables
 from resattn.study import wandb_runs
@@ -43,8 +43,9 @@ def header(study: Study, results: list[RunResult], expected: list[RunSpec] | Non
     devices = sorted({r.device for r in results})
     seeds = sorted({r.seed for r in results})
     total = f" of {len(expected)}" if expected else ""
+    table = study.paper_table if study.paper_table == BEYOND else f"paper {study.paper_table}"
     lines = [
-        f"# {study.name}: {study.title} (paper {study.paper_table})",
+        f"# {study.name}: {study.title} ({table})",
         "",
         f"Profile `{first.profile}`, precision `{first.precision}` (configuration `{first.configuration}`); "
         f"{len(results)}{total} runs have results; seeds {seeds}; test error in % of the test split, final "

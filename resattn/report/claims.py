@@ -132,6 +132,9 @@ def outcome(low: float, high: float, piece: Piece, claim: Claim) -> str:
     """The outcome of the interval [low, high] for ``piece`` (module docstring)."""
     if math.isnan(low):
         return "inconclusive"
+    small = claim.smallest_effect
+    if small and piece.null - small < low and high < piece.null + small:
+        return "negligible"  # an equivalence test: whatever its sign, the effect is below interest
     above, below = low > piece.null, high < piece.null
     if (above and piece.side > 0) or (below and piece.side < 0):
         if math.isnan(piece.paper):
@@ -142,9 +145,6 @@ def outcome(low: float, high: float, piece: Piece, claim: Claim) -> str:
         return "direction only"
     if above or below:
         return "contradicted"
-    small = claim.smallest_effect
-    if small and piece.null - small < low and high < piece.null + small:
-        return "negligible"
     return "inconclusive"
 
 
@@ -194,13 +194,6 @@ def words(outcome: str, tier: str, ratio: float | tuple[float, float] = math.nan
     return f"{tier}: unclear"
 
 
-def _reference_levels(study: Study, levels: tuple[str, ...], claim: Claim) -> tuple[str, ...]:
-    against = dict(claim.against)
-    if against:
-        return tuple(against.get(f.name, lvl) for f, lvl in zip(study.factors, levels))
-    return study.reference_of(levels)
-
-
 def _paper(study: Study, weights: dict[tuple[str, ...], float]) -> float:
     values = [study.paper.get(levels) for levels in weights]
     if any(v is None for v in values):
@@ -228,7 +221,7 @@ def pieces(claim: Claim, study: Study, results: list[RunResult]) -> list[Piece]:
     if claim.kind == "each":
         out = []
         for name in claim.variants:
-            ref = _reference_levels(study, by_name[name], claim)
+            ref = study.reference_of(by_name[name], claim.against)
             label = f"{name} − {study.variant_name(ref)} (test error, pp)"
             out.append(_contrast_piece(study, results, label, {by_name[name]: 1.0, ref: -1.0}, claim))
         return out
@@ -278,7 +271,7 @@ def _reference(claim: Claim, study: Study, results: list[RunResult]) -> tuple[st
     """The claim's reference variant (its first comparison's), its mean error here and the paper's."""
     by_name = {study.variant_name(v): v for v in study.variants()}
     first = by_name[(claim.variants or claim.holds or claim.collapses)[0]]
-    levels = first if claim.kind == "response" or claim.absolute else _reference_levels(study, first, claim)
+    levels = first if claim.kind == "response" or claim.absolute else study.reference_of(first, claim.against)
     name = study.variant_name(levels)
     errors = [r.test_error for r in results if r.variant == name and r.status == "finished"]
     return name, float(np.mean(errors)) if errors else math.nan, study.paper.get(levels, math.nan)

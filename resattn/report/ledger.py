@@ -25,7 +25,11 @@ from resattn.study.spec import available_studies, load_profile, load_study, plur
 from resattn.study.store import atomic_path
 
 LEDGER = "CLAIMS"
-LEGACY = "judged by an earlier version: seed-only t interval, Holm over the whole study"
+LEGACY = (
+    "judged by an earlier version: seed-only t intervals (on the ratios themselves for Fig. 4), p Holm-adjusted "
+    "over the whole study; its table.md's verdict column uses that version's words"
+)
+NOT_JUDGED = "not judged: its report predates this claim"
 
 
 def _legacy(df: pd.DataFrame) -> pd.DataFrame:
@@ -39,6 +43,7 @@ def _legacy(df: pd.DataFrame) -> pd.DataFrame:
     df["reductions"] = "; ".join([LEGACY, *(f"{k} = {v}" for k, v in reduced.items())])
     df["section"] = [BEYOND if t == BEYOND else "paper" for t in df["paper_table"]]
     df["ci_low"], df["ci_high"], df["ci_level"] = df["ci95_low"], df["ci95_high"], 0.95
+    df["p_holm"], df["p"] = df["p"], math.nan  # that version stored the study-wide Holm p
     df["interval_sources"] = "seeds only"
     # planned by the earlier version from the SD seen (not its upper bound), and from a pilot for the paper
     df["detectable"] = df["seeds_for_paper"] = math.nan
@@ -114,8 +119,8 @@ def ledger(reports_dir: Path) -> tuple[pd.DataFrame, dict[str, list[str]]]:
                         "paper_table": study.paper_table,
                         "section": BEYOND if study.paper_table == BEYOND else "paper",
                         "kind": claim.kind,
-                        "outcome": NOT_RUN,
-                        "claim_outcome": NOT_RUN,
+                        "outcome": NOT_RUN if best is None else NOT_JUDGED,
+                        "claim_outcome": NOT_RUN if best is None else NOT_JUDGED,
                         "configuration": None if best is None else best["configuration"].iloc[0],
                         "note": study.notes,
                     }
@@ -197,8 +202,9 @@ HEADER = [
     "a piece's adjusted interval excludes 0 on the other side.",
     "- **Words**: only the paper protocol says *reproduced* (the interval holds the paper's value, or lies within "
     "the claim's margin), *direction only* (it excludes the paper's value: the effect's ratio to the paper's is "
-    "given), *contradicted* or *inconclusive*. A pilot or shortened run can only be *consistent* or *inconsistent* "
-    "with the paper's direction, or *unclear*. Claims with no paper value are judged on their direction.",
+    "given), *contradicted* (also: inside ±the claim's smallest effect of interest) or *inconclusive*. A pilot or "
+    "shortened run can only be *consistent* or *inconsistent* with the paper's direction, *unclear*, or have an "
+    "effect below the smallest of interest. Claims with no paper value are judged on their direction.",
     "- **Planning** (80% power at α = 0.05, from the 80% upper bound of the seed SD and the test-sample error): "
     "the smallest effect a piece's seeds detect, an estimate for its regime only below the paper protocol (its "
     "error level is not the paper's); at the paper protocol, also the seeds the paper's value needs.",
@@ -216,13 +222,10 @@ def _table(df: pd.DataFrame) -> list[str]:
     lines = ["| claim | study | evidence from | evidence | verdict |", "|---|---|---|---|---|"]
     for claim, group in df.groupby("claim", sort=False):
         first = group.iloc[0]
-        if first["claim_outcome"] == NOT_RUN:
-            where = (
-                "—"
-                if pd.isna(first["configuration"])
-                else f"`{first['configuration']}`: this claim is not in its report"
-            )
-            evidence, verdict = "no results yet", NOT_RUN
+        if first["claim_outcome"] in (NOT_RUN, NOT_JUDGED):
+            where = "—" if pd.isna(first["configuration"]) else f"`{first['configuration']}`"
+            evidence = "no results yet" if first["claim_outcome"] == NOT_RUN else "its runs' report predates this claim"
+            verdict = first["claim_outcome"]
         else:
             where = _where(first, int(group["seeds"].max()))
             evidence = "<br>".join(_evidence(row) for _, row in group.iterrows())
@@ -246,8 +249,8 @@ def results_table(df: pd.DataFrame) -> str:
     lines = ["| claim | study | verdict | tier | seeds | configuration | device |", "|---|---|---|---|---|---|---|"]
     for claim, group in df.groupby("claim", sort=False):
         first = group.iloc[0]
-        if first["claim_outcome"] == NOT_RUN:
-            lines.append(f"| {claim} | {first['study']} | not run | — | — | — | — |")
+        if first["claim_outcome"] in (NOT_RUN, NOT_JUDGED):
+            lines.append(f"| {claim} | {first['study']} | {first['claim_outcome']} | — | — | — | — |")
             continue
         said = words(first["claim_outcome"], first["tier"], _ratios(group), first["section"] != BEYOND)
         lines.append(
@@ -275,10 +278,14 @@ def update_readme(readme: Path, df: pd.DataFrame) -> bool:
 
 
 def write_ledger(reports_dir: Path) -> list[Path]:
-    """``CLAIMS.md`` and ``CLAIMS.csv`` in ``reports_dir``, from the reports' ``claims.csv``; the
-    results block of the README beside ``reports_dir`` (this repository's) follows them."""
+    """``CLAIMS.md`` and ``CLAIMS.csv`` in ``reports_dir``, from the reports' ``claims.csv``; when
+    ``reports_dir`` is a checkout's own ``reports/`` (beside its pyproject.toml), the results block
+    of that checkout's README follows them (and says so)."""
     df, configurations = ledger(reports_dir)
-    update_readme(Path(reports_dir).resolve().parent / "README.md", df)
+    root = Path(reports_dir).resolve().parent
+    if Path(reports_dir).resolve().name == "reports" and (root / "pyproject.toml").is_file():
+        if update_readme(root / "README.md", df):
+            print(f"README results block updated from {Path(reports_dir) / f'{LEDGER}.csv'}.")
     reports_dir = Path(reports_dir)
     lines = [
         "# Claims ledger: the paper's claims, judged by this suite",

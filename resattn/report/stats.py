@@ -152,6 +152,8 @@ def _power(delta: float, se: float, n: int, alpha: float) -> float:
     non-central t's two tails. Written with scipy rather than statsmodels' ``TTestPower.power``
     (which the tests compare it with): that one returns NaN where the far tail underflows (2 seeds,
     large effects), which is 0 there."""
+    if se == 0:
+        return 1.0  # no noise at all: any effect is seen
     df, nc = n - 1, abs(delta) / se
     crit = stats.t.ppf(1 - alpha / 2, df)
     wrong_side = stats.nct.cdf(-crit, df, nc)

@@ -96,5 +96,8 @@ def write_tables(df: pd.DataFrame, header: str, folder: Path) -> list[Path]:
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     with atomic_path(tex) as tmp:
-        tmp.write_text(readable(df).to_latex(index=False, escape=True, caption=header.splitlines()[0].lstrip("# ")))
+        caption = header.splitlines()[0].lstrip("# ")
+        for char in "\\&%$#_{}":  # LaTeX's special characters, escaped as pandas escapes the cells
+            caption = caption.replace(char, "\\" + char)
+        tmp.write_text(readable(df).to_latex(index=False, escape=True, caption=caption))
     return [md, csv, tex]

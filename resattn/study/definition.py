@@ -94,9 +94,11 @@ class Study:
     def variant_name(self, levels: tuple[str, ...]) -> str:
         return "-".join(levels)
 
-    def reference_of(self, levels: tuple[str, ...]) -> tuple[str, ...]:
-        """The variant this one is compared with: same levels, but the reference level(s)."""
-        return tuple(self.reference.get(f.name, lvl) for f, lvl in zip(self.factors, levels))
+    def reference_of(self, levels: tuple[str, ...], against: tuple[tuple[str, str], ...] = ()) -> tuple[str, ...]:
+        """The variant this one is compared with: same levels, but the reference level(s), or a
+        claim's ``against`` levels where it names them."""
+        other = dict(against) or self.reference
+        return tuple(other.get(f.name, lvl) for f, lvl in zip(self.factors, levels))
 
 
 @dataclass(frozen=True)

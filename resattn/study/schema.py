@@ -87,7 +87,7 @@ class ResponseSpec(_Schema):
     collapses: Any = Field(None, description=VARIANTS)
     holds: Any = Field(None, description=VARIANTS)
     stages: list[Annotated[int, Field(ge=1)]] = Field([2, 3], description="a list of stage numbers (1-based)")
-    below: float = Field(0.1, description="a number (a response relative to stage 1)")
+    below: float = Field(0.1, gt=0, description="a number > 0 (a response relative to stage 1)")
 
 
 class ClaimSpec(_Schema):

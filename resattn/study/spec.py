@@ -164,6 +164,43 @@ def _read_yaml(path: Path) -> Any:
         raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from err
 
 
+def check_comparisons(study: Study) -> Study:
+    """Refuse claims whose comparisons are empty: a variant compared with itself (it is its own
+    reference or ``against``), one compared with a variant the study does not run, a trend whose
+    variants differ in another factor than the trend's, span fewer than two of its levels, or are
+    their own references (a zero difference: ``absolute: true`` is meant)."""
+    by_name = {study.variant_name(v): v for v in study.variants()}
+    for i, claim in enumerate(study.claims):
+        key = f"claims[{i}]"
+        if claim.kind == "each":
+            for name in claim.variants:
+                other = study.reference_of(by_name[name], claim.against)
+                where = f"{key}.against" if claim.against else f"{key}.each"
+                if other == by_name[name]:
+                    raise SpecError(
+                        study.path, where, f"a variant compared with another; {name} is compared with itself"
+                    )
+                if study.variant_name(other) not in by_name:
+                    raise SpecError(
+                        study.path, where, f"a comparison with a variant of this study, not {study.variant_name(other)}"
+                    )
+        elif claim.kind == "trend":
+            index = [f.name for f in study.factors].index(claim.factor)
+            rest = {tuple(x for j, x in enumerate(by_name[v]) if j != index) for v in claim.variants}
+            if len(rest) > 1 or len({by_name[v][index] for v in claim.variants}) < 2:
+                raise SpecError(
+                    study.path, f"{key}.trend.of", f"variants at two or more levels of {claim.factor}, alike otherwise"
+                )
+            own = [v for v in claim.variants if study.reference_of(by_name[v]) == by_name[v]]
+            if own and not claim.absolute:
+                raise SpecError(
+                    study.path,
+                    f"{key}.trend.of",
+                    f"variants other than their reference ({own[0]} is its own); or absolute: true for their errors",
+                )
+    return study
+
+
 def load_study(name: str, root: Path = ABLATIONS) -> Study:
     """Read and validate ``ablations/<name>.yaml``, or a study YAML given by its path (its schema:
     :class:`resattn.study.schema.StudyFile`).
@@ -180,7 +217,7 @@ def load_study(name: str, root: Path = ABLATIONS) -> Study:
             f"study file {path}: has the name of the shipped study {name} ({shipped}), whose runs and reports "
             f"lie in runs/{name}/ and reports/{name}/; rename the file (e.g. my_{name}.yaml)."
         )
-    return validated(StudyFile, _read_yaml(path), path).study(name, path)
+    return check_comparisons(validated(StudyFile, _read_yaml(path), path).study(name, path))
 
 
 def profile_names(root: Path = ABLATIONS) -> list[str]:
