@@ -78,9 +78,11 @@ def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path, groups: list[
     axes = np.atleast_1d(axes)
     x = np.arange(len(df))
     mean = df["error_mean"].to_numpy()
-    half = np.where(df["seeds"] > 1, (df["ci95_high"] - df["ci95_low"]).to_numpy() / 2, np.nan)
+    several = (df["seeds"] > 1).to_numpy()
+    low = np.where(several, mean - df["ci95_low"].to_numpy(), np.nan)  # the interval clipped to [0, 100]:
+    high = np.where(several, df["ci95_high"].to_numpy() - mean, np.nan)  # its two ends, not a half-width
     ax = axes[0]
-    ax.errorbar(x, mean, yerr=np.nan_to_num(half), fmt="o", color="C0", capsize=5)
+    ax.errorbar(x, mean, yerr=np.nan_to_num([low, high]), fmt="o", color="C0", capsize=5)
     diverged = df["diverged"].to_numpy() > 0
     if diverged.any():
         ax.scatter(x[diverged], mean[diverged], s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3)
@@ -315,9 +317,12 @@ def relative_response(
     left.set_xlabel("stage")
     left.set_ylabel("mean |stage output| / stage 1's (log)")
     left.set_xticks([1, 2, 3])
-    left.set_title("Per stage (Fig. 4): this study (o, geometric mean, 95% CI), the paper (x, ≈ read off)", fontsize=9)
+    left.set_title(
+        "Per stage (Fig. 4): this study (o, geometric mean,\n95% CI), the paper (x, ≈ read off its figure)", fontsize=9
+    )
     left.grid(alpha=0.3)
     right.set_yscale("log")
+    right.xaxis.get_major_locator().set_params(integer=True)
     right.set_xlabel("attention module, in network order (grey lines: stage boundaries; bands: range over seeds)")
     right.set_ylabel("mean |H| after fusion / stage 1 output's")
     right.set_title("Per attention module: H = (1 + M)·T (ARL), M·T (NAL), T (no mask)", fontsize=10)
