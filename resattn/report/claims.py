@@ -53,6 +53,7 @@ from resattn.report.stats import (
     detectable,
     estimate,
     holm,
+    log_ratios,
     seeds_needed,
     slope_weights,
 )
@@ -250,7 +251,7 @@ def pieces(claim: Claim, study: Study, results: list[RunResult]) -> list[Piece]:
             values = [
                 r.probe[f"stage{stage}_rel"] for r in runs if r.status == "finished" and f"stage{stage}_rel" in r.probe
             ]
-            logs = np.log(np.maximum(np.asarray(values, dtype=float), 1e-12))
+            logs = log_ratios(values)
             paper = study.paper_response.get(name, [])
             out.append(
                 Piece(

@@ -239,13 +239,16 @@ def slope_weights(x: list[float], per: float = 1.0) -> np.ndarray:
     return per * x / (x * x).sum()
 
 
+def log_ratios(values: list[float]) -> np.ndarray:
+    """Positive ratios on the log scale (a ratio of 0 is taken as 1e-12: the log needs a floor)."""
+    return np.log(np.maximum(np.asarray(values, dtype=float), 1e-12))
+
+
 def ratio_level(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
     """The geometric mean of positive ratios with its t interval on the log scale (never below 0)."""
-    logs = np.log(np.maximum(np.asarray(values, dtype=float), 1e-12))
-    if len(logs) < 2 or logs.std(ddof=1) == 0:
-        return (float(np.exp(logs.mean())) if len(logs) else math.nan), math.nan, math.nan
-    result = stats.ttest_1samp(logs, 0.0).confidence_interval(level)
-    return float(np.exp(logs.mean())), float(np.exp(result.low)), float(np.exp(result.high))
+    est = estimate(log_ratios(values))
+    low, high = est.interval(level)
+    return float(np.exp(est.delta)), float(np.exp(low)), float(np.exp(high))
 
 
 def summarise(study: Study, results: list[RunResult]) -> pd.DataFrame:
