@@ -96,6 +96,14 @@ def study_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any setting, e.g. --set model.width=0.5 (repeatable)",
     )
+    parser.add_argument(
+        "--variants",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="train only these variants: names or shell patterns, e.g. --variants 'cifar10-*' (repeatable); "
+        "the report covers every finished run of the study",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (local: processes; slurm: array parallelism)")
     parser.add_argument(
         "--pack",
@@ -181,6 +189,7 @@ def study_main(argv: list[str] | None = None) -> int:
             max_retries=args.max_retries,
             slurm=slurm,
             pack=args.pack,
+            variants=args.variants,
         )
     except StopRequested as stop:
         print(str(stop), file=sys.stderr)

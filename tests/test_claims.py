@@ -274,3 +274,24 @@ def test_the_readme_beside_a_reports_folder_is_left_alone_unless_it_is_the_check
     assert (
         "old" not in (tmp_path / "README.md").read_text() and "README results block updated" in capsys.readouterr().out
     )
+
+
+def test_a_claim_with_pieces_without_runs_is_judged_on_those_run_and_says_so(tmp_path):
+    """cifar_benchmarks trained on CIFAR-10 only (``--variants 'cifar10-*'``): its claims rest on
+    the CIFAR-10 pieces, and the ledger names the pieces that have no runs instead of "not run"."""
+    study = load_study("cifar_benchmarks")
+    specs = {(r.variant, r.seed): r for r in _runs(profile="quick", study="cifar_benchmarks", seeds=3)}
+    errors = {"cifar10-ResNet-164": (60.0, 0), "cifar10-Attention-92": (55.0, 1), "cifar10-Attention-236": (50.0, 2)}
+    results = [_result(specs[v, s], test_error=e + k * DIFFS[s]) for v, (e, k) in errors.items() for s in range(3)]
+    reports = tmp_path / "reports"
+    build_report(study, results, reports / "cifar_benchmarks" / "quick")
+    md, csv = write_ledger(reports)
+    ledger = pd.read_csv(csv)
+    rows = ledger[ledger["study"] == "cifar_benchmarks"]
+    assert set(rows.groupby("claim")["claim_outcome"].first()) == {"direction only"}  # the CIFAR-10 pieces hold
+    assert (rows["outcome"] == "not run").sum() == 3  # 2 + 1 CIFAR-100 pieces
+    text = md.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| Attention-92 and Attention-236 beat ResNet-164"))
+    assert "**pilot: consistent with the paper's direction" in line and "on 2 of 4 pieces (no runs for " in line
+    assert "cifar100-Attention-92 − cifar100-ResNet-164 (test error, pp): no runs in this configuration" in line
+    assert "not run" not in line

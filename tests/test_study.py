@@ -186,3 +186,16 @@ def test_the_single_run_cli_reproduces_a_study_run_from_its_config(tmp_path, cap
     err1 = float(re.search(r"test/err1\W+([0-9.]+)", done.stdout).group(1))  # the CLI's test table
     assert err1 == pytest.approx(run.test_error, abs=1e-4), (done.stdout, run.test_error)  # one unit: percent
     assert run.error_unit == "percent" and run.epoch_error(run.epochs[-1]) == run.epochs[-1]["val/err1"]
+
+
+def test_variants_trains_only_the_named_ones_and_refuses_a_pattern_that_names_none(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["cifar_benchmarks", "--profile", "smoke", "--dry-run", "--runs-dir", str(runs)]
+    assert study_main([*args, "--variants", "cifar10-*", "--variants", "cifar100-ResNet-164"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\d+ runs \(4 variants x \d+ seeds?\)", out)
+    assert "cifar10-Attention-236-s0" in out and "cifar100-ResNet-164-s0" in out and "cifar100-Attention-92" not in out
+    assert study_main([*args, "--variants", "cifar1O-*"]) == 2
+    err = capsys.readouterr().err
+    assert "--variants cifar1O-*: no variant of cifar_benchmarks is named so" in err and "cifar100-ResNet-164" in err
+    assert not runs.exists() or not any(runs.iterdir())  # bad input: nothing written

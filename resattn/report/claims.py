@@ -151,9 +151,13 @@ def outcome(low: float, high: float, piece: Piece, claim: Claim) -> str:
 
 def combine(iut: list[str], adjusted: list[str]) -> str:
     """A claim's outcome from its pieces' outcomes at 95% each (``iut``, the intersection–union
-    test of "all of these") and at their Holm-consistent levels (``adjusted``)."""
+    test of "all of these") and at their Holm-consistent levels (``adjusted``). Pieces with no runs
+    in the configuration are left out: the claim is judged on the pieces run, and the ledger says
+    how many those are."""
     if not iut or all(o == NOT_RUN for o in iut):
         return NOT_RUN
+    ran = [i for i, o in enumerate(iut) if o != NOT_RUN]
+    iut, adjusted = [iut[i] for i in ran], [adjusted[i] for i in ran]
     if all(o in HOLDS for o in iut):
         if all(o == "reproduced" for o in iut):
             return "reproduced"
@@ -161,7 +165,7 @@ def combine(iut: list[str], adjusted: list[str]) -> str:
     for kind in AGAINST:
         if kind in adjusted:
             return kind
-    if all(o in (FEW_SEEDS, NOT_RUN) for o in iut):
+    if all(o == FEW_SEEDS for o in iut):
         return FEW_SEEDS
     return "inconclusive"
 

@@ -160,6 +160,8 @@ def _evidence(row) -> str:
     if not pd.isna(row["seeds_for_paper"]):
         plans.append(f"the paper's value needs {_num(row['seeds_for_paper'], 0, signed=False)} seeds")
     plan = "".join(f"; {p}" for p in plans)
+    if row["outcome"] == NOT_RUN:
+        return f"{row['evidence']}: no runs in this configuration, {paper}"
     said = words(row["outcome"], row["tier"], row["ratio"], not pd.isna(row["paper"]) or response)
     value = _num(row["value"], digits, signed)
     return f"{row['evidence']}: {value}{interval}, {paper} ({plural(seeds, 'seed')}{diverged}): *{said}*{plan}"
@@ -218,6 +220,20 @@ def _ratios(group: pd.DataFrame) -> tuple[float, float]:
     return (min(ratios), max(ratios)) if ratios else (math.nan, math.nan)
 
 
+def _verdict(group: pd.DataFrame) -> str:
+    """A judged claim's verdict in its regime's words; where some of its pieces have no runs in the
+    configuration (e.g. the CIFAR-100 half of a study run on CIFAR-10 only), on how many it rests."""
+    first = group.iloc[0]
+    said = words(first["claim_outcome"], first["tier"], _ratios(group), first["section"] != BEYOND)
+    missing = group[group["outcome"] == NOT_RUN]
+    if missing.empty:
+        return said
+    return (
+        f"{said}, on {len(group) - len(missing)} of {len(group)} pieces "
+        f"(no runs for {', '.join(e.split(' (')[0] for e in missing['evidence'])})"
+    )
+
+
 def _table(df: pd.DataFrame) -> list[str]:
     lines = ["| claim | study | evidence from | evidence | verdict |", "|---|---|---|---|---|"]
     for claim, group in df.groupby("claim", sort=False):
@@ -229,7 +245,7 @@ def _table(df: pd.DataFrame) -> list[str]:
         else:
             where = _where(first, int(group["seeds"].max()))
             evidence = "<br>".join(_evidence(row) for _, row in group.iterrows())
-            verdict = words(first["claim_outcome"], first["tier"], _ratios(group), first["section"] != BEYOND)
+            verdict = _verdict(group)
         note = " ¹" if isinstance(first["note"], str) and first["note"] else ""
         lines.append(
             f"| {claim} | {first['study']} ({first['paper_table']}){note} | {where} | {evidence} | **{verdict}** |"
@@ -252,7 +268,7 @@ def results_table(df: pd.DataFrame) -> str:
         if first["claim_outcome"] in (NOT_RUN, NOT_JUDGED):
             lines.append(f"| {claim} | {first['study']} | {first['claim_outcome']} | — | — | — | — |")
             continue
-        said = words(first["claim_outcome"], first["tier"], _ratios(group), first["section"] != BEYOND)
+        said = _verdict(group)
         lines.append(
             f"| {claim} | {first['study']} | {said} | {first['tier']} | {int(group['seeds'].max())} | "
             f"`{first['configuration']}` | {first['device'] if isinstance(first['device'], str) else '—'} |"

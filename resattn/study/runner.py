@@ -8,6 +8,7 @@ run is trained by whichever holds its lock.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from resattn.study.executors import (
     check_slurm,
 )
 from resattn.study.preflight import check_folder
-from resattn.study.spec import Study, check_runs, expand, load_profile, load_study, plural
+from resattn.study.spec import Study, check_runs, expand, load_profile, load_study, pick_variants, plural
 from resattn.study.store import (
     EXIT_BUSY,
     EXIT_INTERRUPTED,
@@ -281,13 +282,15 @@ def run_study(
     slurm: dict | None = None,
     poll: float = 5.0,
     pack: int | None = None,
+    variants: list[str] | None = None,
 ) -> StudyOutcome:
     """Train what is missing of a study. Runs with a result (finished or diverged) are skipped; a run
     with a checkpoint resumes from it; a run whose lock another runner holds is left to it (and
     waited for at the end). A failed run is retried up to ``max_retries`` times (from its
     checkpoint). ``force`` retrains: earlier results and checkpoints are moved aside into the run's
     ``attic/``, never deleted. ``pack`` trains up to that many seeds of a variant in one process as
-    one vectorised model (default: :func:`resattn.study.preflight.default_pack`). Everything is
+    one vectorised model (default: :func:`resattn.study.preflight.default_pack`). ``variants``: train
+    only the variants so named (:func:`resattn.study.spec.pick_variants`). Everything is
     checked first (options, settings, data, folders), so bad input fails before anything is
     created, moved or deleted.
 
@@ -307,11 +310,12 @@ def run_study(
     study = load_study(study_name)
     prof = load_profile(profile)
     wandb_mode = wandb_runs.decide_mode(wandb)
-    check_runs(expand(study, prof, seeds, overrides))  # every value against its declared range, before torch
+    planned = functools.partial(expand, study, prof, seeds, overrides, variants=variants)
+    check_runs(planned())  # every value against its declared range, before torch
     from resattn.study import preflight  # torch: only once the cheap checks passed
 
-    precision = preflight.default_precision(expand(study, prof, seeds, overrides))
-    runs, built = preflight.resolve(expand(study, prof, seeds, overrides, defaults={"trainer.precision": precision}))
+    precision = preflight.default_precision(planned())
+    runs, built = preflight.resolve(planned(defaults={"trainer.precision": precision}))
     size = pack or preflight.default_pack(runs, built)
     if size > 1 and any(b.cli.trainer.num_devices > 1 or b.cli.trainer.num_nodes > 1 for b in built.values()):
         raise ValueError(f"--pack {size}: a pack trains on one device; with trainer.devices > 1 use --pack 1.")
@@ -332,10 +336,10 @@ def run_study(
     print(f"  precision {', '.join(precisions)}; configuration {', '.join(configurations)}", file=out)
     for key, value in runs[0].reductions.items():
         print(f"  reduced: {key} = {value}", file=out)
-    packs = sum(len(u.members) > 1 for u in units)
+    packs, n_variants = sum(len(u.members) > 1 for u in units), len(pick_variants(study, variants))
     packed = f" in {len(units)} process(es), {packs} pack(s) of up to {size} seeds" if size > 1 else ""
     print(
-        f"{len(runs)} runs ({plural(len(study.variants()), 'variant')} x {plural(seeds or prof.seeds, 'seed')}): "
+        f"{len(runs)} runs ({plural(n_variants, 'variant')} x {plural(seeds or prof.seeds, 'seed')}): "
         f"{len(runs) - len(todo)} finished, {len(todo)} to train{packed} ({len(resumable)} from a checkpoint); "
         f"executor {executor}; W&B {wandb_mode}, project {project}.",
         file=out,

@@ -20,6 +20,7 @@ No torch here: a typo in a study name or flag is answered at once.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -304,21 +305,40 @@ def reductions(profile: Profile, paper: Profile) -> dict[str, str]:
     return out
 
 
+def pick_variants(study: Study, patterns: list[str] | None) -> list[tuple[str, ...]]:
+    """The factor levels of ``study``'s variants whose names match one of ``patterns`` (names or
+    shell patterns, ``fnmatch``), in the study's order; every variant when ``patterns`` is empty.
+    A pattern that matches no variant is an error naming the variants."""
+    variants = study.variants()
+    if not patterns:
+        return variants
+    names = [study.variant_name(levels) for levels in variants]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(
+                f"--variants {pattern}: no variant of {study.name} is named so{suggest(pattern, names)}; "
+                f"its variants: {', '.join(names)}."
+            )
+    return [v for v, name in zip(variants, names) if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
 def expand(
     study: Study,
     profile: Profile,
     seeds: int | None = None,
     overrides: dict | None = None,
     defaults: dict | None = None,
+    variants: list[str] | None = None,
 ) -> list[RunSpec]:
     """Every variant x seed of ``study`` under ``profile``, settings merged in this order:
     ``RUN_DEFAULTS``, ``defaults`` (e.g. the precision the runner resolved for this machine),
     profile, study, dataset, factor levels, command-line overrides, seed. A synthetic profile swaps
-    in the synthetic data set unless the command line names ``data.dataset``."""
+    in the synthetic data set unless the command line names ``data.dataset``. ``variants``: only
+    those (:func:`pick_variants`)."""
     overrides = dict(overrides or {})
     runs = []
     reduced = reductions(profile, load_profile("paper"))
-    for levels in study.variants():
+    for levels in pick_variants(study, variants):
         settings = {**RUN_DEFAULTS, **(defaults or {}), **profile.settings, **study.settings}
         if study.dataset:
             settings["data.dataset"] = study.dataset
