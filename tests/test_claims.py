@@ -85,6 +85,9 @@ def test_report_claims_rebuilds_the_ledger_alone(tmp_path, capsys):
         ("[{claim: x, trend: {factor: depth, of: [56], per: 0}}]", ["claims[0].trend.per", "> 0"]),
         ("[{claim: x, each: [56], colour: red}]", ["claims[0].colour"]),
         ("{claim: x}", ["claims", "a list of claims"]),
+        ("[{claim: x, each: [92], against: {depth: 560}}]", ["claims[0].against.depth", "one of 56, 92", "mean 56"]),
+        ("[{claim: x, each: [92], against: {dept: 56}}]", ["claims[0].against", "a factor of this study (depth)"]),
+        ("[{claim: x, trend: {factor: depth, of: [56, 92]}, expect: higher}]", ["claims[0].expect", "with `each`"]),
     ],
 )
 def test_malformed_claims_name_the_file_and_key(tmp_path, claims, words):

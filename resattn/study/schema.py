@@ -120,8 +120,14 @@ class ClaimSpec(_Schema):
         """The claim, its factors, levels and variants checked against the study's (raises At)."""
         options = {"expect": self.expect, "margin": self.margin, "smallest_effect": self.smallest_effect}
         if self.each is not None:
-            if self.against and any(k not in factors or v not in factors[k] for k, v in self.against.items()):
-                raise At(AGAINST, "against")
+            for factor, level in (self.against or {}).items():
+                if factor not in factors:
+                    raise At(
+                        f"a factor of this study ({', '.join(factors)}){suggest(factor, list(factors))}", "against"
+                    )
+                if level not in factors[factor]:
+                    known = list(factors[factor])
+                    raise At(f"one of {', '.join(known)}{suggest(level, known)}", "against", factor)
             against = tuple((self.against or {}).items())
             return Claim(self.claim, "each", _listed(self.each, variants, "each"), against=against, **options)
         if self.trend is not None:
