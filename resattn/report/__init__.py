@@ -2,7 +2,7 @@
 ``reports/<study>/<configuration>/``, also sent to W&B.
 
 A study's results are grouped by the configuration they record (profile, precision and the
-command-line settings that change results; :attr:`resattn.study.store.RunSpec.configuration`), so
+command-line settings that change results; :attr:`resattn.study.record.RunSpec.configuration`), so
 reports of different profiles or settings never overwrite each other, and a report finds its
 results whatever command ran last. This layer reads the run store and knows nothing of the runner.
 """
@@ -19,8 +19,9 @@ from resattn.report.claims import BEYOND, judge, pieces, write_claims
 from resattn.report.stats import summarise
 from resattn.report.tables import readable, write_tables
 from resattn.study import wandb_runs
+from resattn.study.record import RunResult, RunSpec
 from resattn.study.spec import Study, plural
-from resattn.study.store import RunDir, RunResult, RunSpec, study_dir
+from resattn.study.store import RunDir, study_dir
 
 
 def by_configuration(results: list[RunResult]) -> dict[str, list[RunResult]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resattn.config import DEFAULT_DATASET
-from resattn.study.store import SECTIONS, SEEDS, RunSpec
+from resattn.study.record import SECTIONS, SEEDS, RunSpec
 
 
 class PreflightError(ValueError):

@@ -47,19 +47,15 @@ from resattn.study.callbacks import (
     StudyProgress,
     resume_checkpoint,
 )
+from resattn.study.record import Divergence, RunResult, RunSpec, digest, pack_bits
 from resattn.study.store import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
     EXIT_INTERRUPTED,
     EXIT_NO_CHECKPOINT,
-    Divergence,
     RunDir,
     RunLock,
-    RunResult,
-    RunSpec,
     StoreError,
-    digest,
-    pack_bits,
     pack_dir,
 )
 from resattn.summary import model_cost
