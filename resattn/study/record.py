@@ -73,7 +73,7 @@ class RunSpec(BaseModel):
     overrides: dict[str, Any] = {}
     factor_settings: list[str] = []
     reductions: dict[str, str] = {}
-    # A hash of the data files' content (resattn.data.data_fingerprint), set when the run is planned;
+    # A hash of the data files' content (resattn.cifar.data_fingerprint), set when the run is planned;
     # None for generated data and image folders (their settings and path say what they are) and in
     # the specs of earlier versions. ``data_official``: the files are the official CIFAR ones.
     data_fingerprint: str | None = None

@@ -30,9 +30,10 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from resattn.cifar import data_fingerprint
 from resattn.cli import build_run
 from resattn.config import DEFAULT_DATASET
-from resattn.data import data_fingerprint, normalize
+from resattn.loader import normalize
 from resattn.machine import describe_device
 from resattn.packing import PREFIX, PackedClassifier, PackedData
 from resattn.probes import mask_maps
