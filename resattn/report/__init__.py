@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from resattn.report import plots
+from resattn.report import attention_plots, plots
 from resattn.report.claims import BEYOND, judge, pieces, write_claims
 from resattn.report.stats import summarise
 from resattn.report.tables import readable, write_tables
@@ -130,11 +130,11 @@ def build_report(
     figures = [
         plots.error_per_variant(df, subtitle, folder / "error.png", plots.side_by_side(study)),
         plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
-        plots.relative_response(
+        attention_plots.relative_response(
             finished, styles, study.paper_response, subtitle, folder / "response.png", _threshold(study)
         ),
-        plots.mask_statistics(finished, order, normalizations, subtitle, folder / "mask_stats.png"),
-        plots.mask_grid(mask_files, first_seed, subtitle, folder / "masks.png"),
+        attention_plots.mask_statistics(finished, order, normalizations, subtitle, folder / "mask_stats.png"),
+        attention_plots.mask_grid(mask_files, first_seed, subtitle, folder / "masks.png"),
     ]
     trends = [c for c in study.claims if c.kind == "trend"]
     for i, claim in enumerate(trends):
