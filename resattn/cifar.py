@@ -111,25 +111,36 @@ def data_fingerprint(data_dir: str | Path, dataset: str, download: bool = False)
     a run used are fingerprinted in :meth:`resattn.data.CIFARDataModule.setup` (``provenance``)."""
     if dataset not in CIFAR:
         return None
-    cls, train_files, test_files, _ = CIFAR[dataset]
     folder = cifar_folder(data_dir, dataset)
     if folder is None:
-        sums = dict(cls.train_list + cls.test_list) if download else None
-    else:
-        sums = {}
-        for name in [*train_files, *test_files]:
-            try:
-                sums[name] = calculate_md5(folder / name)
-            except FileNotFoundError:
-                raise _missing_cifar(data_dir, dataset, f" ({folder / name} is missing)") from None
-    if sums is None:
-        return None
-    return hashlib.sha1(" ".join(f"{n}:{sums[n]}" for n in [*train_files, *test_files]).encode()).hexdigest()[:12]
+        return official_fingerprint(dataset) if download else None
+    sums = {}
+    for name in _split_files(dataset):
+        try:
+            sums[name] = calculate_md5(folder / name)
+        except FileNotFoundError:
+            raise _missing_cifar(data_dir, dataset, f" ({folder / name} is missing)") from None
+    return _fingerprint(dataset, sums)
 
 
 def official_fingerprint(dataset: str) -> str | None:
-    """The fingerprint of the official CIFAR files (:func:`data_fingerprint`), None for other data."""
-    return data_fingerprint("/nonexistent", dataset, download=True)
+    """The fingerprint of the official CIFAR files (:func:`data_fingerprint`), from the md5 sums
+    torchvision lists; None for other data."""
+    if dataset not in CIFAR:
+        return None
+    cls = CIFAR[dataset][0]
+    return _fingerprint(dataset, dict(cls.train_list + cls.test_list))
+
+
+def _split_files(dataset: str) -> list[str]:
+    """The files the training and test splits are read from, in that order."""
+    _, train_files, test_files, _ = CIFAR[dataset]
+    return [*train_files, *test_files]
+
+
+def _fingerprint(dataset: str, sums: dict[str, str]) -> str:
+    """The fingerprint of the files with these md5 sums (``name -> md5``)."""
+    return hashlib.sha1(" ".join(f"{n}:{sums[n]}" for n in _split_files(dataset)).encode()).hexdigest()[:12]
 
 
 def cifar_classes(data_dir: str | Path, dataset: str) -> list[str]:
