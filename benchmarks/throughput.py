@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from resattn import ModelConfig
-from resattn.data import CIFARDataModule, TensorBatches, make_synthetic
+from resattn.data import CIFARDataModule, make_synthetic
+from resattn.loader import TensorBatches
 from resattn.machine import describe_device
 from resattn.module import ResidualAttentionClassifier, compile_options
 from resattn.packing import PackedClassifier, PackedData, PackedNetwork

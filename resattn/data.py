@@ -1,17 +1,15 @@
-"""Data: CIFAR-10/100 (and a synthetic stand-in) as in-memory uint8 tensors, ImageNet-style folders.
+"""What a run trains on: the LightningDataModule (CIFAR-10/100, a synthetic stand-in, ImageNet-style
+folders), the synthetic stand-in itself and the paper's label noise.
 
-CIFAR never goes through per-image Python: the whole split is one uint8 tensor on the training
-device, and the paper's augmentation (pad 4, random 32x32 crop, horizontal flip) and per-pixel
-mean subtraction run batched, fused into one gather (``augment``).
+CIFAR and the synthetic data are held as uint8 tensors on the training device and batched by
+:class:`resattn.loader.TensorBatches` (the paper's augmentation, fused); the CIFAR files are read by
+:mod:`resattn.cifar`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import pickle
-import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -19,140 +17,13 @@ import lightning as L
 import numpy as np
 import torch
 import torchvision
-from torchvision.datasets.utils import download_and_extract_archive
 
+from resattn.cifar import CIFAR, cifar_classes, cifar_folder, download_cifar, load_cifar
 from resattn.config import DATA_SETTINGS, DATASETS, DEFAULT_DATASET, NUM_CLASSES
+from resattn.loader import TensorBatches
 from resattn.ranges import check_values
 
 Dataset = Literal[DATASETS]
-
-# torchvision's dataset classes carry the official archive names, URLs and md5 sums.
-CIFAR = {
-    "cifar10": (torchvision.datasets.CIFAR10, [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
-    "cifar100": (torchvision.datasets.CIFAR100, ["train"], ["test"], "fine_labels"),
-}
-PAD = 4  # the paper's augmentation: pad 4, random 32x32 crop, horizontal flip
-
-
-def cifar_folder(data_dir: str | Path, dataset: str) -> Path | None:
-    """The ``cifar-10-batches-py`` / ``cifar-100-python`` folder: ``data_dir`` itself or inside it."""
-    data_dir = Path(data_dir).expanduser()
-    base = CIFAR[dataset][0].base_folder
-    for candidate in (data_dir, data_dir / base):
-        if candidate.name == base and candidate.is_dir():
-            return candidate
-    return None
-
-
-def download_cifar(data_dir: str | Path, dataset: str) -> Path:
-    """Download (with a progress bar) and extract the official archive into ``data_dir``; its md5 is
-    checked. A failed download leaves nothing behind: the folders it created are removed."""
-    cls = CIFAR[dataset][0]
-    data_dir = Path(data_dir).expanduser()
-    created = next((p for p in reversed([data_dir, *data_dir.parents]) if not p.exists()), None)
-    try:
-        download_and_extract_archive(cls.url, str(data_dir), filename=cls.filename, md5=cls.tgz_md5)
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    return data_dir / cls.base_folder
-
-
-def _missing_cifar(data_dir: str | Path, dataset: str, why: str = "") -> FileNotFoundError:
-    cls = CIFAR[dataset][0]
-    data_dir = Path(data_dir).expanduser().resolve()
-    return FileNotFoundError(
-        f"{dataset} not found: looked for {data_dir / cls.base_folder} and for {data_dir} being that folder"
-        f"{why}. Point to a folder that holds it (a study: --data_dir DIR; a single run: --data.data_dir DIR), or "
-        f"download it on a machine with internet access (a study: --download; a single run: --data.download true), "
-        f"or download {cls.url} yourself and extract it into {data_dir}."
-    )
-
-
-def load_cifar(data_dir: str | Path, dataset: str, train: bool, download: bool = False):
-    """Load one split as ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``.
-
-    An existing folder is read as is: the per-file md5 sums are not insisted on, so short or
-    re-packed batches in the official pickle format load too.
-    """
-    if Path(data_dir).expanduser().is_file():
-        raise FileNotFoundError(
-            f"{dataset}: the data folder {data_dir} is a file, not a folder; point --data_dir (a single run: "
-            f"--data.data_dir) at the folder that holds (or is to receive) {CIFAR[dataset][0].base_folder}."
-        )
-    folder = cifar_folder(data_dir, dataset)
-    if folder is None and download:
-        try:
-            folder = download_cifar(data_dir, dataset)
-        except Exception as err:  # network down, disk full, bad md5: say where and what to do
-            raise _missing_cifar(data_dir, dataset, f" (download failed: {err})") from err
-    if folder is None:
-        raise _missing_cifar(data_dir, dataset)
-    _, train_files, test_files, label_key = CIFAR[dataset]
-    images, labels = [], []
-    for name in train_files if train else test_files:
-        path = folder / name
-        if not path.is_file():
-            raise _missing_cifar(data_dir, dataset, f" ({path} is missing)")
-        try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(entry[label_key], dtype=np.int64))
-        except Exception as err:
-            raise ValueError(
-                f"{path} is not a readable CIFAR batch file ({type(err).__name__}: {err}); delete the folder "
-                "and download the dataset again."
-            ) from err
-    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
-
-
-def data_fingerprint(data_dir: str | Path, dataset: str, download: bool = False) -> str | None:
-    """A hash of the content of a CIFAR data set's files (pixels and labels, not their path): the
-    md5 of each file the splits are read from, in order. The official files give the md5 sums that
-    torchvision lists, so data that ``download`` would fetch has its fingerprint before it is here.
-    None for other data sets (generated data is its settings; an image folder is its path) and for
-    a CIFAR folder that is missing without ``download`` (the data check then says where to get it).
-
-    The md5 of the files is the study runner's, at planning (about 0.3 s for CIFAR-10); the images
-    a run used are fingerprinted in :meth:`CIFARDataModule.setup` (``provenance``)."""
-    if dataset not in CIFAR:
-        return None
-    cls, train_files, test_files, _ = CIFAR[dataset]
-    folder = cifar_folder(data_dir, dataset)
-    if folder is None:
-        sums = dict(cls.train_list + cls.test_list) if download else None
-    else:
-        sums = {}
-        for name in [*train_files, *test_files]:
-            try:
-                sums[name] = hashlib.file_digest(open(folder / name, "rb"), "md5").hexdigest()
-            except FileNotFoundError:
-                raise _missing_cifar(data_dir, dataset, f" ({folder / name} is missing)") from None
-    if sums is None:
-        return None
-    return hashlib.sha1(" ".join(f"{n}:{sums[n]}" for n in [*train_files, *test_files]).encode()).hexdigest()[:12]
-
-
-def official_fingerprint(dataset: str) -> str | None:
-    """The fingerprint of the official CIFAR files (:func:`data_fingerprint`), None for other data."""
-    return data_fingerprint("/nonexistent", dataset, download=True)
-
-
-def cifar_classes(data_dir: str | Path, dataset: str) -> list[str]:
-    """The class names from the data set's meta file (``batches.meta`` / ``meta``), or ``class i``
-    where there is none (a re-packed folder)."""
-    cls, classes = CIFAR[dataset][0], NUM_CLASSES[dataset]
-    folder = cifar_folder(data_dir, dataset)
-    try:
-        with open(folder / cls.meta["filename"], "rb") as f:
-            names = [str(n) for n in pickle.load(f, encoding="latin1")[cls.meta["key"]]]
-        if len(names) == classes:
-            return names
-    except (OSError, TypeError, KeyError, pickle.UnpicklingError, EOFError):
-        pass
-    return [f"class {i}" for i in range(classes)]
 
 
 def make_synthetic(n: int, num_classes: int = 10, seed: int = 0, size: int = 32):
@@ -198,99 +69,6 @@ def add_label_noise(labels: torch.Tensor, noise: float, num_classes: int, seed: 
     offset = torch.from_numpy(rng.integers(1, num_classes, n))
     noisy = torch.where(flip, (labels + offset) % num_classes, labels)
     return noisy, (noisy != labels).float().mean().item()
-
-
-def normalize(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Per-pixel mean subtraction, in units of 1/255: (x - mean) / 255."""
-    return (images.float() - mean) / 255.0
-
-
-def crop_flip(n: int, generator: torch.Generator, pad: int = PAD):
-    """The random draws of ``augment`` for ``n`` images: row and column shifts in [-pad, pad] and flips."""
-    dev = generator.device
-    dy = torch.randint(-pad, pad + 1, (n, 1), device=dev, generator=generator)
-    dx = torch.randint(-pad, pad + 1, (n, 1), device=dev, generator=generator)
-    flip = torch.rand((n, 1), device=dev, generator=generator) < 0.5
-    return dy, dx, flip
-
-
-def augment(images: torch.Tensor, mean: torch.Tensor, generator: torch.Generator, pad: int = PAD) -> torch.Tensor:
-    """Pad, random crop, random horizontal flip and mean subtraction of a uint8 batch, in one gather.
-
-    Equivalent to: subtract the per-pixel mean, zero-pad by ``pad`` (zero = the mean colour), crop
-    a random window of the original size, flip it horizontally with probability 1/2. Runs on the
-    device of ``images``; the randomness comes from ``generator`` (on the same device).
-    """
-    n, c, h, w = images.shape
-    dev = images.device
-    dy, dx, flip = crop_flip(n, generator, pad)
-    rows = dy + torch.arange(h, device=dev)  # (n, h) source row of each output row
-    ar = torch.arange(w, device=dev)
-    cols = dx + torch.where(flip, w - 1 - ar, ar)  # (n, w)
-    valid = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[:, None, None, :]
-    rows, cols = rows.clamp(0, h - 1)[:, None, :, None], cols.clamp(0, w - 1)[:, None, None, :]
-    chan = torch.arange(c, device=dev)[None, :, None, None]
-    crop = images[torch.arange(n, device=dev)[:, None, None, None], chan, rows, cols]  # (n, c, h, w)
-    return (crop.float() - mean[chan, rows, cols]) * (valid / 255.0)
-
-
-class TensorBatches:
-    """Mini-batches of an in-memory uint8 image tensor: seeded order, batched augmentation.
-
-    An iterable with a length, which Lightning accepts as a dataloader. Each training pass asks
-    ``position()`` for ``(epoch, batches of it already trained)`` and draws its permutation and
-    augmentation from a generator seeded with ``(seed, epoch)``, so epochs repeat exactly for the
-    same seed; the batches already trained are skipped with their random draws, so a run resumed
-    from a mid-epoch checkpoint sees exactly the batches it would have seen.
-    ``rank``/``world_size`` shard the indices for multi-device runs.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        mean: torch.Tensor,
-        batch_size: int,
-        train: bool,
-        seed: int = 0,
-        position: Callable[[], tuple[int, int]] = lambda: (0, 0),
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.images, self.labels, self.mean = images, labels, mean
-        self.batch_size, self.train, self.seed, self.position = batch_size, train, seed, position
-        self.rank, self.world_size = rank, world_size
-
-    def _indices(self, generator: torch.Generator) -> torch.Tensor:
-        n = self.labels.numel()
-        if self.train:
-            idx = torch.randperm(n, device=self.images.device, generator=generator)
-            idx = idx[: n - n % (self.batch_size * self.world_size)]  # drop_last: BN needs full batches
-        else:
-            idx = torch.arange(n, device=self.images.device)
-        return idx[self.rank :: self.world_size]
-
-    def __len__(self) -> int:
-        n = self.labels.numel()
-        if self.train:
-            return n // (self.batch_size * self.world_size)
-        return math.ceil(math.ceil(n / self.world_size) / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, skip = self.position() if self.train else (0, 0)
-        generator = torch.Generator(device=self.images.device)
-        generator.manual_seed(self.seed * 1_000_003 + epoch)
-        idx = self._indices(generator)
-        for i, start in enumerate(range(0, idx.numel(), self.batch_size)):
-            batch = idx[start : start + self.batch_size]
-            if self.train and batch.numel() < self.batch_size:
-                break
-            if i < skip:  # trained before the checkpoint: draw its randomness, skip the work
-                crop_flip(len(batch), generator)
-                continue
-            images = self.images[batch]
-            x = augment(images, self.mean, generator) if self.train else normalize(images, self.mean)
-            yield x, self.labels[batch]
 
 
 class CIFARDataModule(L.LightningDataModule):
@@ -352,8 +130,12 @@ class CIFARDataModule(L.LightningDataModule):
         if hp.dataset == "synthetic":
             return hp.synthetic_classes
         if hp.dataset == "imagefolder":
-            return len(torchvision.datasets.folder.find_classes(str(Path(hp.data_dir) / "train"))[0])
+            return len(self._folder_classes("train"))
         return NUM_CLASSES[hp.dataset]
+
+    def _folder_classes(self, split: str) -> list[str]:
+        """The class names of an image folder's split (``data_dir/train`` or ``data_dir/val``)."""
+        return torchvision.datasets.folder.find_classes(str(Path(self.hparams.data_dir) / split))[0]
 
     def prepare_data(self) -> None:
         hp = self.hparams
@@ -367,7 +149,7 @@ class CIFARDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.dataset == "imagefolder":
             for split in ("train", "val"):
-                torchvision.datasets.folder.find_classes(str(Path(hp.data_dir) / split))
+                self._folder_classes(split)
             return None
         if hp.dataset == "synthetic":
             return hp.synthetic_size[0]
@@ -385,7 +167,7 @@ class CIFARDataModule(L.LightningDataModule):
         if self._splits:
             return
         if hp.dataset == "imagefolder":
-            self.classes = torchvision.datasets.folder.find_classes(str(Path(hp.data_dir) / "train"))[0]
+            self.classes = self._folder_classes("train")
             return
         self.classes = (
             [f"pattern {i}" for i in range(hp.synthetic_classes)]

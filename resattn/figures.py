@@ -1,5 +1,6 @@
 """What every figure of resattn shares, below both of its users (the study's report plots and a
-trained model's masks): saving a figure atomically and drawing a soft mask on its own axes.
+trained model's masks): saving a figure atomically, drawing a soft mask on its own axes and a colour
+per variant.
 
 Matplotlib draws off-screen here (Agg): figures are files, never windows.
 """
@@ -34,3 +35,9 @@ def mask_image(ax, mask: np.ndarray, vmin: float, vmax: float):
     ax.set_xticks([])
     ax.set_yticks([])
     return im
+
+
+def variant_colours(names: list[str]) -> dict[str, str]:
+    """One distinct colour per variant (tab10, then tab20), for plots that draw variants side by side."""
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}

@@ -68,7 +68,7 @@ class TrainedModel:
         """
         from torchvision.transforms.v2 import functional as TF
 
-        from resattn.data import normalize
+        from resattn.loader import normalize
 
         images = [images] if isinstance(images, torch.Tensor) and images.dim() == 3 else list(images)
         for i, im in enumerate(images):

@@ -4,14 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resattn.data import (
-    CIFARDataModule,
-    TensorBatches,
-    add_label_noise,
-    augment,
-    load_cifar,
-    make_synthetic,
-)
+from resattn.cifar import load_cifar
+from resattn.data import CIFARDataModule, add_label_noise, make_synthetic
+from resattn.loader import TensorBatches, augment
 from tests.conftest import write_cifar
 
 
@@ -219,7 +214,7 @@ def test_imagefolder_path_uses_torchvision(tmp_path):
 
 def test_a_data_dir_that_is_a_file_is_named_as_one(tmp_path):
     """Issue #20: the error suggested extracting CIFAR into the file."""
-    from resattn.data import load_cifar
+    from resattn.cifar import load_cifar
 
     path = tmp_path / "cifar.tar.gz"
     path.write_bytes(b"an archive, not a folder")

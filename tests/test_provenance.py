@@ -10,7 +10,8 @@ from importlib.metadata import version
 
 import pytest
 
-from resattn.data import CIFARDataModule, data_fingerprint, official_fingerprint
+from resattn.cifar import data_fingerprint, official_fingerprint
+from resattn.data import CIFARDataModule
 from resattn.provenance import code_provenance, installed_version
 from resattn.study import preflight
 from resattn.study.spec import expand, load_profile, load_study

@@ -25,8 +25,8 @@ from resattn.report.stats import (
     upper_sd,
 )
 from resattn.report.tables import markdown
+from resattn.study.record import pack_bits
 from resattn.study.spec import Claim, load_study
-from resattn.study.store import pack_bits
 from tests.test_store import _result, _runs
 
 DIFFS = np.array([0.8, 1.9, 1.1, 2.4, 1.3])

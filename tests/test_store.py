@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from resattn.study.record import RunResult
 from resattn.study.spec import expand, load_profile, load_study, parse_overrides
-from resattn.study.store import RunDir, RunResult, StoreError, is_locked, study_results
+from resattn.study.store import RunDir, StoreError, is_locked, study_results
 
 PREC = {"trainer.precision": "32-true"}
 

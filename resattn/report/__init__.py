@@ -2,7 +2,7 @@
 ``reports/<study>/<configuration>/``, also sent to W&B.
 
 A study's results are grouped by the configuration they record (profile, precision and the
-command-line settings that change results; :attr:`resattn.study.store.RunSpec.configuration`), so
+command-line settings that change results; :attr:`resattn.study.record.RunSpec.configuration`), so
 reports of different profiles or settings never overwrite each other, and a report finds its
 results whatever command ran last. This layer reads the run store and knows nothing of the runner.
 """
@@ -14,13 +14,14 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from resattn.report import plots
+from resattn.report import attention_plots, plots
 from resattn.report.claims import BEYOND, judge, pieces, write_claims
 from resattn.report.stats import summarise
 from resattn.report.tables import readable, write_tables
 from resattn.study import wandb_runs
+from resattn.study.record import RunResult, RunSpec
 from resattn.study.spec import Study, plural
-from resattn.study.store import RunDir, RunResult, RunSpec, study_dir
+from resattn.study.store import RunDir, study_dir
 
 
 def by_configuration(results: list[RunResult]) -> dict[str, list[RunResult]]:
@@ -129,11 +130,11 @@ def build_report(
     figures = [
         plots.error_per_variant(df, subtitle, folder / "error.png", plots.side_by_side(study)),
         plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
-        plots.relative_response(
+        attention_plots.relative_response(
             finished, styles, study.paper_response, subtitle, folder / "response.png", _threshold(study)
         ),
-        plots.mask_statistics(finished, order, normalizations, subtitle, folder / "mask_stats.png"),
-        plots.mask_grid(mask_files, first_seed, subtitle, folder / "masks.png"),
+        attention_plots.mask_statistics(finished, order, normalizations, subtitle, folder / "mask_stats.png"),
+        attention_plots.mask_grid(mask_files, first_seed, subtitle, folder / "masks.png"),
     ]
     trends = [c for c in study.claims if c.kind == "trend"]
     for i, claim in enumerate(trends):

@@ -57,8 +57,9 @@ from resattn.report.stats import (
     seeds_needed,
     slope_weights,
 )
+from resattn.study.record import RunResult, is_identity
 from resattn.study.spec import Claim, Study
-from resattn.study.store import RunResult, atomic_path, is_identity
+from resattn.study.store import atomic_path
 
 CLAIMS_CSV = "claims.csv"
 NOT_RUN, FEW_SEEDS = "not run", "needs ≥ 2 seeds"

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resattn.study.record import RunResult
 from resattn.study.spec import load_profile
-from resattn.study.store import RunResult
 
 PAPER_IMAGES = {"train": 50_000, "test": 10_000}  # CIFAR-10 and CIFAR-100: no validation split (PAPER.md 5)
 PILOT_BELOW = {"steps": 0.05, "train": 0.2, "width": 0.5}  # fractions of the paper's: a pilot below any

@@ -37,8 +37,8 @@ from scipy import optimize, stats
 from statsmodels.stats.multitest import multipletests
 
 from resattn.config import DEFAULT_DATASET, NUM_CLASSES
+from resattn.study.record import RunResult
 from resattn.study.spec import Study
-from resattn.study.store import RunResult
 
 ALPHA, POWER, LEVEL = 0.05, 0.8, 0.95
 SD_CONFIDENCE = 0.8  # planning uses the 80% upper confidence bound of the seed SD, not the SD seen

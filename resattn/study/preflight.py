@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resattn.config import DEFAULT_DATASET
-from resattn.study.store import SECTIONS, SEEDS, RunSpec
+from resattn.study.record import SECTIONS, SEEDS, RunSpec
 
 
 class PreflightError(ValueError):
@@ -171,13 +171,13 @@ def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:
 
 
 def fingerprint(runs: list[RunSpec]) -> list[RunSpec]:
-    """The runs with the fingerprint of their data files (:func:`resattn.data.data_fingerprint`),
+    """The runs with the fingerprint of their data files (:func:`resattn.cifar.data_fingerprint`),
     which their run ids include: once per data set, about 0.3 s for CIFAR-10.
 
     Raises:
         PreflightError: a data file cannot be read.
     """
-    from resattn.data import data_fingerprint, official_fingerprint
+    from resattn.cifar import data_fingerprint, official_fingerprint
 
     found: dict[tuple, str | None] = {}
     out = []

@@ -33,6 +33,7 @@ from resattn.study.executors import (
     check_slurm,
 )
 from resattn.study.preflight import check_folder
+from resattn.study.record import RunSpec
 from resattn.study.spec import Study, check_runs, expand, load_profile, load_study, pick_variants, plural
 from resattn.study.store import (
     EXIT_BUSY,
@@ -40,7 +41,6 @@ from resattn.study.store import (
     EXIT_NO_CHECKPOINT,
     RunDir,
     RunLock,
-    RunSpec,
     StoreError,
     is_locked,
     pack_dir,

@@ -25,7 +25,7 @@ from resattn.config import NUM_CLASSES
 from resattn.ranges import Number
 from resattn.study.definition import Claim, Factor, Profile, Study, combinations
 from resattn.study.errors import At, SpecError, key_path, suggest
-from resattn.study.store import SECTIONS
+from resattn.study.record import SECTIONS
 
 # Factor names that are not "model.<name>" settings.
 FACTOR_SETTINGS = {"dataset": "data.dataset", "label_noise": "data.label_noise"}

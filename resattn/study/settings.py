@@ -24,8 +24,8 @@ from resattn.ranges import (
     markdown,
     setting,
 )
+from resattn.study.record import SECTIONS, RunSpec
 from resattn.study.schema import PROFILE_FIELDS, STUDY_FIELDS, suggest
-from resattn.study.store import SECTIONS, RunSpec
 
 PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "64-true", "32-true", "16-true", "16-mixed", "bf16-true")
 PRECISIONS += ("bf16-mixed", "transformer-engine", "transformer-engine-float16")  # Lightning's list, as it spells them

@@ -31,6 +31,7 @@ import yaml
 from resattn.config import DEFAULT_DATASET, NUM_CLASSES
 from resattn.study.definition import Claim, Factor, Profile, Study
 from resattn.study.errors import SpecError, suggest, validated
+from resattn.study.record import SECTIONS, SEEDS, RunSpec, is_identity
 from resattn.study.schema import (
     CLAIM_KINDS,
     CLAIM_OPTIONS,
@@ -50,7 +51,6 @@ from resattn.study.settings import (
     check_runs,
     ranges_markdown,
 )
-from resattn.study.store import SECTIONS, SEEDS, RunSpec, is_identity
 
 # The names the rest of the code imports from here; some live in schema, definition, errors and settings.
 __all__ = [

@@ -14,7 +14,8 @@ import re
 import sys
 from pathlib import Path
 
-from resattn.study.store import RunDir, RunResult, RunSpec, write_json_atomic
+from resattn.study.record import RunResult, RunSpec
+from resattn.study.store import RunDir, write_json_atomic
 
 WANDB_MODES = ("online", "offline", "disabled")
 

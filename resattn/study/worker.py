@@ -30,9 +30,10 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from resattn.cifar import data_fingerprint
 from resattn.cli import build_run
 from resattn.config import DEFAULT_DATASET
-from resattn.data import data_fingerprint, normalize
+from resattn.loader import normalize
 from resattn.machine import describe_device
 from resattn.packing import PREFIX, PackedClassifier, PackedData
 from resattn.probes import mask_maps
@@ -47,19 +48,15 @@ from resattn.study.callbacks import (
     StudyProgress,
     resume_checkpoint,
 )
+from resattn.study.record import Divergence, RunResult, RunSpec, digest, pack_bits
 from resattn.study.store import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
     EXIT_INTERRUPTED,
     EXIT_NO_CHECKPOINT,
-    Divergence,
     RunDir,
     RunLock,
-    RunResult,
-    RunSpec,
     StoreError,
-    digest,
-    pack_bits,
     pack_dir,
 )
 from resattn.summary import model_cost
