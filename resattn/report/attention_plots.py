@@ -47,7 +47,7 @@ def relative_response(
     names = [n for n in styles if n in paper] or list(styles)
     colours = variant_colours(names)
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1, 1.6]})
-    drawn = False
+    drawn, most = False, 0  # most: the largest seed count of a curve
     for name in names:
         stages = sorted(
             {
@@ -61,6 +61,7 @@ def relative_response(
         if not stages:
             continue
         mean, yerr, n = _probe_curve(results, name, [f"stage{s}_rel" for s in stages])
+        most = max(most, n)
         style = {**styles[name], "color": colours[name]}
         left.errorbar(stages, mean, yerr=np.nan_to_num(yerr) if n > 1 else None, marker="o", capsize=3, **style)
         if name in paper:
@@ -103,8 +104,10 @@ def relative_response(
     left.set_xlabel("stage")
     left.set_ylabel("mean |stage output| / stage 1's (log)")
     left.set_xticks([1, 2, 3])
+    spread = "95% CI" if most > 1 else "one seed: no interval"
     left.set_title(
-        "Per stage (Fig. 4): this study (o, geometric mean,\n95% CI), the paper (x, ≈ read off its figure)", fontsize=9
+        f"Per stage (Fig. 4): this study (o, geometric mean,\n{spread}), the paper (x, ≈ read off its figure)",
+        fontsize=9,
     )
     left.grid(alpha=0.3)
     right.set_yscale("log")

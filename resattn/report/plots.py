@@ -7,6 +7,7 @@ runs (left out of the errors) are marked."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -112,7 +113,7 @@ def trend_differences(
     by_name = {study.variant_name(v): v for v in study.variants()}
     index = [f.name for f in study.factors].index(claim.factor)
     relative = not claim.absolute
-    fig, ax = plt.subplots(figsize=(7.8, 4.6))
+    fig, ax = plt.subplots(figsize=(7.8, 5.4))
     paper_ax = ax if relative else ax.twinx()
     x, means, lows, highs, paper = [], [], [], [], []
     for name in claim.variants:
@@ -159,13 +160,15 @@ def trend_differences(
         slope = f"slope {row['value']:+.2f} [{row['ci95_low']:+.2f}, {row['ci95_high']:+.2f}] pp per {claim.unit}"
     paper_slope = "" if np.isnan(row["paper"]) else f", paper {row['paper']:+.2f}"
     said = words(row["claim_outcome"], row["tier"], row["ratio"])
-    ax.set_title(f"{claim.text}\n{slope}{paper_slope}: {said}\n{subtitle}", fontsize=9)
+    lines = [*textwrap.wrap(claim.text, 90), *textwrap.wrap(f"{slope}{paper_slope}: {said}", 90), subtitle]
+    ax.set_title("\n".join(lines), fontsize=9)
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()
     if paper_ax is not ax:
         extra = paper_ax.get_legend_handles_labels()
         handles = (handles[0] + extra[0], handles[1] + extra[1])
-    ax.legend(*handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.12 if not relative else 1.01, 1.0))
+    # below the axes, so that the title has the figure's whole width and nothing covers the data
+    ax.legend(*handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     return save_figure(fig, path)
 
 
