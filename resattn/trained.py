@@ -94,11 +94,11 @@ class TrainedModel:
 
 
 def _model(settings: dict, state: dict, source: Path) -> ResidualAttentionNetwork:
-    """The network that ``settings`` (ModelConfig fields, among others) describe, with the weights
-    ``state``; a ``RunError`` naming ``source`` when they describe no network or do not fit it."""
-    fields = set(ModelConfig.__dataclass_fields__) - {"preset"}
+    """The network that ``settings`` (a checkpoint's hyperparameters, an export's model config)
+    describe, with the weights ``state``; a ``RunError`` naming ``source`` when they describe no
+    network or do not fit it."""
     try:
-        net = build_model(ModelConfig(**{k: v for k, v in settings.items() if k in fields}))
+        net = build_model(ModelConfig.from_hparams(settings))
     except ValueError as err:
         raise RunError(f"{source} describes no network resattn can build: {err}") from None
     try:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from resattn import ModelConfig, build_model
 from resattn.cli import build_run
-from resattn.config import GATES
 from resattn.data import normalize
+from resattn.gates import GATES
 from resattn.packing import PackedClassifier, PackedData, PackedNetwork
 
 SEEDS = (0, 1)
