@@ -31,6 +31,14 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _failed(err: OSError | RunError, out: Path | None = None) -> int:
+    """Bad input, or a write to ``out`` that failed once the folder passed the checks (each file is
+    written atomically: nothing is left), in one line; the exit code of bad input."""
+    message = f"could not write {out}: {err}" if isinstance(err, OSError) else str(err)
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def masks_main(argv: list[str] | None = None) -> int:
     parser = _parser("masks", "Draw a trained network's soft masks over your own images (the paper's Fig. 1).")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
@@ -49,12 +57,8 @@ def masks_main(argv: list[str] | None = None) -> int:
             raise RunError(f"{args.run} has no soft mask (attention {block}): there is no mask to draw.")
         images = read_images(args.images)
         mask_figure(model, images, args.images, args.out, args.channels)
-    except OSError as err:  # the folder passed the checks, the write failed: nothing was left (atomic)
-        print(f"error: could not write {args.out}: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (OSError, RunError) as err:
+        return _failed(err, args.out)
     print(f"Wrote {args.out}")
     return 0
 
@@ -74,8 +78,7 @@ def predict_main(argv: list[str] | None = None) -> int:
             h, w = image.shape[-2:]
             print(f"{name} ({w}x{h}): " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in best))
     except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _failed(err)
     return 0
 
 
@@ -87,12 +90,8 @@ def export_main(argv: list[str] | None = None) -> int:
         _check_out(args.out / CONFIG)
         model = load_run(args.run)
         written = export(model, args.out)
-    except OSError as err:  # the folder passed the checks, the write failed: each file is written atomically
-        print(f"error: could not write {args.out}: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (OSError, RunError) as err:
+        return _failed(err, args.out)
     print(f"Wrote {', '.join(str(p) for p in written)}")
     if not model.card.get("finished", True):
         print("note: the run has no result yet: these are the weights of its last checkpoint, not its final ones.")
