@@ -153,7 +153,8 @@ class SoftMaskBranch(nn.Module):
     def __init__(self, config: ModelConfig, channels: int, pools: int) -> None:
         super().__init__()
         self.normalization = config.normalization
-        self.body = MASK_BODIES[config.mask_structure](channels, pools, config.units[2])
+        _, _, r = config.units
+        self.body = MASK_BODIES[config.mask_structure](channels, pools, r)
         self.head = nn.Sequential(bn_relu_conv(channels, channels, 1), bn_relu_conv(channels, channels, 1))
         self.normalize = NORMALIZERS[config.normalization]
 
