@@ -1,10 +1,11 @@
 """The attention module of Wang et al. (CVPR 2017): trunk, soft mask branch, and the ARL / NAL rules.
 
-PAPER.md section 1 is the spec. One string-keyed factory per ablation switch: the soft mask's
-structure (``MASK_BODIES``), its normalisation (``NORMALIZERS``), the attention learning rule
-(``LEARNING_RULES``) and, beyond the paper, the block that computes the attention (``GATE_BLOCKS``:
-the paper's soft mask, or the gate of timm's SE, CBAM or ECA block used as the mask); an unknown
-name fails naming the allowed ones.
+PAPER.md section 1 is the spec. One factory per ablation switch, keyed by the switch's values
+(declared once, in :mod:`resattn.config`): the soft mask's structure (``MASK_BODIES``), its
+normalisation (``NORMALIZERS``), the attention learning rule (``LEARNING_RULES``) and, beyond the
+paper, the block that computes the attention (``GATE_BLOCKS``: the paper's soft mask, or the gate
+of timm's SE, CBAM or ECA block used as the mask). The modules take the network's
+:class:`~resattn.config.ModelConfig` whole, validated when it was made.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resattn.config import MODEL_SETTINGS, ModelConfig
 from resattn.gates import GATES, UNIT_GATES
 from resattn.layers import ResidualUnit, bn_relu_conv, residual_units
 
@@ -55,23 +57,20 @@ NORMALIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _lookup(table: dict, kind: str, what: str):
-    try:
-        return table[kind]
-    except KeyError:
-        raise ValueError(f"unknown {what} {kind!r}; allowed: {', '.join(map(repr, table))}.") from None
-
-
 def normalize_mask(logits: torch.Tensor, kind: str) -> torch.Tensor:
     """Apply the paper's attention normalisation f1 / f2 / f3 (section 3.3) to (N, C, H, W) logits.
 
     Args:
         logits: the soft mask head's output, shape (N, C, H, W).
         kind: ``"mixed"`` (f1), ``"channel"`` (f2) or ``"spatial"`` (f3).
+
+    Raises:
+        SettingError: an unknown ``kind``, in one line naming the allowed ones.
     """
+    MODEL_SETTINGS["normalization"].check("normalization", kind)
     if logits.dim() != 4:
         raise ValueError(f"normalize_mask expects an (N, C, H, W) tensor, got shape {tuple(logits.shape)}.")
-    return _lookup(NORMALIZERS, kind, "normalization")(logits)
+    return NORMALIZERS[kind](logits)
 
 
 def upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -148,14 +147,16 @@ MASK_BODIES: dict[str, Callable[..., nn.Module]] = {
 
 
 class SoftMaskBranch(nn.Module):
-    """M(a): a mask body, the head BN-ReLU-1x1-BN-ReLU-1x1, then the normalisation f."""
+    """M(a): a mask body (``config.mask_structure``, pooling ``pools`` times, ``r`` units a level),
+    the head BN-ReLU-1x1-BN-ReLU-1x1, then the normalisation f (``config.normalization``)."""
 
-    def __init__(self, channels: int, structure: str, normalization: str, pools: int, r: int) -> None:
+    def __init__(self, config: ModelConfig, channels: int, pools: int) -> None:
         super().__init__()
-        self.normalization = normalization
-        self.body = _lookup(MASK_BODIES, structure, "mask_structure")(channels, pools, r)
+        self.normalization = config.normalization
+        _, _, r = config.units
+        self.body = MASK_BODIES[config.mask_structure](channels, pools, r)
         self.head = nn.Sequential(bn_relu_conv(channels, channels, 1), bn_relu_conv(channels, channels, 1))
-        self.normalize = _lookup(NORMALIZERS, normalization, "normalization")
+        self.normalize = NORMALIZERS[config.normalization]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.head(self.body(x)))
@@ -201,7 +202,8 @@ GATE_BLOCKS: dict[str, Callable[[int], nn.Module] | None] = {"soft_mask": None, 
 
 
 class AttentionModule(nn.Module):
-    """Attention Module (p, t, r), paper section 3.
+    """Attention Module (p, t, r), paper section 3, of ``channels`` channels whose soft mask pools
+    ``pools`` times; every switch and (p, t, r) are the network's ``config``'s.
 
     a = RU^p(x); T = RU^t(a); M = mask(a); H = (1 + M) * T (ARL) or M * T (NAL); out = RU^p(H).
     With ``attention_learning="none"`` there is no mask branch and H = T. With a gate block
@@ -212,31 +214,20 @@ class AttentionModule(nn.Module):
     on its branch (:class:`resattn.layers.ResidualUnit`); the soft mask branch's units do not.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        attention_learning: str = "arl",
-        mask_structure: str = "hourglass",
-        normalization: str = "mixed",
-        pools: int = 1,
-        p: int = 1,
-        t: int = 2,
-        r: int = 1,
-        attention_block: str = "soft_mask",
-        unit_gate: str = "none",
-    ) -> None:
+    def __init__(self, config: ModelConfig, channels: int, pools: int = 1) -> None:
         super().__init__()
-        self.learning_rule = _lookup(LEARNING_RULES, attention_learning, "attention_learning")
-        make_block = _lookup(GATE_BLOCKS, attention_block, "attention_block")
-        gate = _lookup(UNIT_GATES, unit_gate, "unit_gate")
+        p, t, _ = config.units
+        self.learning_rule = LEARNING_RULES[config.attention_learning]
+        make_block = GATE_BLOCKS[config.attention_block]
+        gate = UNIT_GATES[config.unit_gate]
         self.pre = residual_units(channels, p, gate)
         self.trunk = residual_units(channels, t, gate)
         self.mask = self.block = None
         if self.learning_rule is not None and make_block is None:
-            self.mask = SoftMaskBranch(channels, mask_structure, normalization, pools, r)
+            self.mask = SoftMaskBranch(config, channels, pools)
         elif self.learning_rule is not None:
             self.block = make_block(channels)
-            self.gated_rule = GATED_RULES[attention_learning]
+            self.gated_rule = GATED_RULES[config.attention_learning]
         self.post = residual_units(channels, p, gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,26 +6,23 @@ The presets table is the single source of truth for the paper's layouts and para
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from resattn.ranges import BOOL, NONE, Choice, Items, Number, Setting, SettingError, Text, check_values, setting
 
-ATTENTION_LEARNING = ("arl", "nal", "none")
-MASK_STRUCTURES = ("hourglass", "local_conv", "local_conv_matched")
-NORMALIZATIONS = ("mixed", "channel", "spatial")
-GATES = ("se", "cbam", "eca")  # timm's gate blocks (resattn.gates)
-ATTENTION_BLOCKS = ("soft_mask", *GATES)
-UNIT_GATES = ("none", *GATES)
-FAMILIES = ("cifar", "imagenet")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
-AttentionLearning = Literal[ATTENTION_LEARNING]
-MaskStructure = Literal[MASK_STRUCTURES]
-Normalization = Literal[NORMALIZATIONS]
-AttentionBlock = Literal[ATTENTION_BLOCKS]
-UnitGate = Literal[UNIT_GATES]
-Family = Literal[FAMILIES]
-CompileMode = Literal[COMPILE_MODES]
+# Each switch's allowed values, written once: the CLI validates with these types, MODEL_SETTINGS
+# declares their ranges from them (get_args), and the factories that implement them are keyed by
+# them (resattn.attention, resattn.gates; a test holds the keys equal to these values).
+AttentionLearning = Literal["arl", "nal", "none"]
+MaskStructure = Literal["hourglass", "local_conv", "local_conv_matched"]
+Normalization = Literal["mixed", "channel", "spatial"]
+Gate = Literal["se", "cbam", "eca"]  # timm's gate blocks (resattn.gates)
+AttentionBlock = Literal["soft_mask", Gate]
+UnitGate = Literal["none", Gate]
+Family = Literal["cifar", "imagenet"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]  # torch.compile's modes
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # the CIFAR data sets and their class counts
 DATASETS = (*NUM_CLASSES, "synthetic", "imagefolder")
 DEFAULT_DATASET = "cifar10"
@@ -121,6 +118,14 @@ class ModelConfig:
             return PAPER_RESNET_PARAMS.get((self.family, self.depth))
         return self.preset.paper_params
 
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> ModelConfig:
+        """The network that a LightningModule's hyperparameters describe (the classifier's flat
+        ``model.*`` settings, a checkpoint's ``hyper_parameters``, an export's ``model``): its
+        fields among them, the training settings left out. A field they lack (a checkpoint of a
+        version before it existed) takes its default."""
+        return cls(**{f.name: hparams[f.name] for f in fields(cls) if f.init and f.name in hparams})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("preset")
@@ -131,18 +136,23 @@ def _integer(**bounds) -> Number:
     return Number(integer=True, **bounds)
 
 
+def _choice(values) -> Setting:
+    """One of a Literal type's values."""
+    return setting(Choice(get_args(values)))
+
+
 _FRACTION = Number(gt=0, lt=1)
 # The declared range of every model.* setting: the network's (ModelConfig's fields) and the
 # classifier's training settings (resattn.module.ResidualAttentionClassifier). One entry per
 # argument of the classifier; a test fails when an argument has none.
 MODEL_SETTINGS: dict[str, Setting] = {
     "depth": setting(Choice(tuple(sorted({d for _, d in PRESETS})))),  # which ones: by family, PRESETS
-    "attention_learning": setting(Choice(ATTENTION_LEARNING)),
-    "mask_structure": setting(Choice(MASK_STRUCTURES)),
-    "normalization": setting(Choice(NORMALIZATIONS)),
-    "attention_block": setting(Choice(ATTENTION_BLOCKS)),
-    "unit_gate": setting(Choice(UNIT_GATES)),
-    "family": setting(Choice(FAMILIES)),
+    "attention_learning": _choice(AttentionLearning),
+    "mask_structure": _choice(MaskStructure),
+    "normalization": _choice(Normalization),
+    "attention_block": _choice(AttentionBlock),
+    "unit_gate": _choice(UnitGate),
+    "family": _choice(Family),
     "num_classes": setting(_integer(ge=2)),
     "width": setting(Number(gt=0, le=8)),  # 1.0: the paper's widths
     "p": setting(_integer(ge=0), NONE),  # None: the depth preset's value
@@ -156,7 +166,7 @@ MODEL_SETTINGS: dict[str, Setting] = {
     "lr_gamma": setting(Number(gt=0, le=1)),
     "probes": setting(BOOL),
     "channels_last": setting(BOOL),
-    "compile": setting(BOOL, Choice(COMPILE_MODES)),
+    "compile": setting(BOOL, Choice(get_args(CompileMode))),
 }
 
 
@@ -169,7 +179,7 @@ def check_network(values: dict, prefix: str = "") -> None:
         SettingError: the first value or combination not allowed, in one line.
     """
     check_values(MODEL_SETTINGS, values, prefix)
-    family, depth = values.get("family", "cifar"), values.get("depth", 56)
+    family, depth = values.get("family", ModelConfig.family), values.get("depth", ModelConfig.depth)
     if (family, depth) not in PRESETS:
         depths = ", ".join(str(d) for f, d in PRESETS if f == family)
         raise SettingError(

@@ -40,7 +40,7 @@ def _eca(channels: int) -> nn.Module:
     return EcaModule(channels=channels)  # pool -> 1-D conv across channels, kernel from log2 C -> sigmoid
 
 
-# Keyed by resattn.config.GATES, where the names are declared (a test holds them equal).
+# Keyed by the values of resattn.config.Gate, where the names are declared (a test holds them equal).
 GATES: dict[str, Callable[[int], nn.Module]] = {"se": _se, "cbam": _cbam, "eca": _eca}
 UNIT_GATES: dict[str, Callable[[int], nn.Module] | None] = {"none": None, **GATES}  # unit_gate
 

@@ -34,7 +34,11 @@ class ResidualAttentionClassifier(L.LightningModule):
     test error is that of the weights at the end of training: no checkpoint is selected on test or
     validation data.
 
-    Each argument's allowed values are declared in :data:`resattn.config.MODEL_SETTINGS`.
+    Each argument's allowed values are declared in :data:`resattn.config.MODEL_SETTINGS`. The
+    network's settings are :class:`resattn.ModelConfig`'s fields, with its defaults, spelled out
+    flat because LightningCLI reads this signature for the ``model.*`` flags (and the study runner
+    its defaults, which a run's config and id leave out); they become one ``ModelConfig``
+    (``self.config``, :meth:`~resattn.ModelConfig.from_hparams`), passed whole to the network.
 
     Args:
         depth, attention_learning, mask_structure, normalization, attention_block, unit_gate, family,
@@ -59,18 +63,18 @@ class ResidualAttentionClassifier(L.LightningModule):
 
     def __init__(
         self,
-        depth: int = 56,
-        attention_learning: AttentionLearning = "arl",
-        mask_structure: MaskStructure = "hourglass",
-        normalization: Normalization = "mixed",
-        attention_block: AttentionBlock = "soft_mask",
-        unit_gate: UnitGate = "none",
-        family: Family = "cifar",
-        num_classes: int = 10,
-        width: float = 1.0,
-        p: int | None = None,
-        t: int | None = None,
-        r: int | None = None,
+        depth: int = ModelConfig.depth,
+        attention_learning: AttentionLearning = ModelConfig.attention_learning,
+        mask_structure: MaskStructure = ModelConfig.mask_structure,
+        normalization: Normalization = ModelConfig.normalization,
+        attention_block: AttentionBlock = ModelConfig.attention_block,
+        unit_gate: UnitGate = ModelConfig.unit_gate,
+        family: Family = ModelConfig.family,
+        num_classes: int = ModelConfig.num_classes,
+        width: float = ModelConfig.width,
+        p: int | None = ModelConfig.p,
+        t: int | None = ModelConfig.t,
+        r: int | None = ModelConfig.r,
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
@@ -84,20 +88,7 @@ class ResidualAttentionClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_network(dict(self.hparams))  # every argument within its declared range (MODEL_SETTINGS)
-        self.config = ModelConfig(
-            depth=depth,
-            attention_learning=attention_learning,
-            mask_structure=mask_structure,
-            normalization=normalization,
-            attention_block=attention_block,
-            unit_gate=unit_gate,
-            family=family,
-            num_classes=num_classes,
-            width=width,
-            p=p,
-            t=t,
-            r=r,
-        )
+        self.config = ModelConfig.from_hparams(self.hparams)
         self.net = build_model(self.config)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -49,18 +49,7 @@ class ResidualAttentionNetwork(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        p, t, r = config.units
         gate = UNIT_GATES[config.unit_gate]
-        module_kwargs = dict(
-            attention_learning=config.attention_learning,
-            mask_structure=config.mask_structure,
-            normalization=config.normalization,
-            attention_block=config.attention_block,
-            unit_gate=config.unit_gate,
-            p=p,
-            t=t,
-            r=r,
-        )
         if config.family == "cifar":
             in_ch = scaled(CIFAR_STEM, w)
             self.stem = nn.Conv2d(3, in_ch, 3, padding=1, bias=False)
@@ -79,7 +68,7 @@ class ResidualAttentionNetwork(nn.Module):
         for stride, channels, modules, pools in zip(strides, widths, config.modules_per_stage, MASK_POOLS):
             out_ch = scaled(channels, w)
             units = [ResidualUnit(in_ch, out_ch, stride, gate)]
-            units += [AttentionModule(out_ch, pools=pools, **module_kwargs) for _ in range(modules)]
+            units += [AttentionModule(config, out_ch, pools) for _ in range(modules)]
             units += [ResidualUnit(out_ch, out_ch, gate=gate) for _ in range(trailing)]
             stages.append(nn.Sequential(*units))
             in_ch = out_ch

@@ -6,25 +6,20 @@ mode with everything needed to use it without its data: the model config, the cl
 the per-pixel training mean the inputs are centred with (stored in every checkpoint by the data
 module; recomputed from the run's data for older checkpoints).
 
-Commands (each checks its inputs before it writes anything, and answers bad input with one line
-and exit code 2): ``python -m resattn masks RUN IMAGE... --out FILE.png``, ``python -m resattn
-predict RUN IMAGE...``, ``python -m resattn export RUN --out DIR``.
+Their commands (``python -m resattn masks|predict|export``) are :mod:`resattn.trained_commands`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from resattn.config import ModelConfig
-from resattn.entry import OneLineParser
 from resattn.network import ResidualAttentionNetwork, build_model
-from resattn.study.store import EXIT_BAD_INPUT, RunDir, StoreError, atomic_path
+from resattn.study.store import RunDir, StoreError, atomic_path
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"  # an export folder
 CIFAR_SIZE = 32
@@ -94,11 +89,11 @@ class TrainedModel:
 
 
 def _model(settings: dict, state: dict, source: Path) -> ResidualAttentionNetwork:
-    """The network that ``settings`` (ModelConfig fields, among others) describe, with the weights
-    ``state``; a ``RunError`` naming ``source`` when they describe no network or do not fit it."""
-    fields = set(ModelConfig.__dataclass_fields__) - {"preset"}
+    """The network that ``settings`` (a checkpoint's hyperparameters, an export's model config)
+    describe, with the weights ``state``; a ``RunError`` naming ``source`` when they describe no
+    network or do not fit it."""
     try:
-        net = build_model(ModelConfig(**{k: v for k, v in settings.items() if k in fields}))
+        net = build_model(ModelConfig.from_hparams(settings))
     except ValueError as err:
         raise RunError(f"{source} describes no network resattn can build: {err}") from None
     try:
@@ -358,86 +353,3 @@ def mask_figure(model: TrainedModel, images: list[torch.Tensor], names: list[str
     fig.tight_layout(rect=(0, 0, 0.94, 1))  # the colour bar's room on the right
     fig.colorbar(im, cax=fig.add_axes((0.95, 0.15, 0.012, 0.7)), label="mask value").ax.tick_params(labelsize=6)
     return save_figure(fig, out, tight=False)
-
-
-def _check_out(path: Path, flag: str = "--out") -> None:
-    from resattn.study.preflight import check_folder
-
-    try:
-        check_folder(path.parent if path.suffix else path, flag)
-    except ValueError as err:
-        raise RunError(str(err)) from err
-
-
-def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=f"resattn {prog}", description=doc)
-    parser.add_argument("run", help="a study run folder (runs/<study>/<run id>), a .ckpt file or an export folder")
-    return parser
-
-
-def masks_main(argv: list[str] | None = None) -> int:
-    parser = _parser("masks", "Draw a trained network's soft masks over your own images (the paper's Fig. 1).")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
-    parser.add_argument("--channels", type=int, default=0, help="also show the K channels of highest variance")
-    args = parser.parse_args(argv)
-    try:
-        if args.channels < 0:
-            raise RunError(f"--channels {args.channels}: must be an integer >= 0.")
-        if args.out.suffix.lower() != ".png":
-            raise RunError(f"--out {args.out}: must name a .png file.")
-        _check_out(args.out)
-        model = load_run(args.run)
-        if not any(m.mask is not None for _, m in model.net.attention_modules()):
-            block = model.config.attention_block if model.config.attention_learning != "none" else "none"
-            raise RunError(f"{args.run} has no soft mask (attention {block}): there is no mask to draw.")
-        images = read_images(args.images)
-        mask_figure(model, images, args.images, args.out, args.channels)
-    except OSError as err:  # the folder passed the checks, the write failed: nothing was left (atomic)
-        print(f"error: could not write {args.out}: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"Wrote {args.out}")
-    return 0
-
-
-def predict_main(argv: list[str] | None = None) -> int:
-    parser = _parser("predict", "Print a trained network's most probable classes for your own images.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--top", type=int, default=5, help="how many classes (default 5)")
-    args = parser.parse_args(argv)
-    try:
-        if args.top < 1:
-            raise RunError(f"--top {args.top}: must be an integer >= 1.")
-        model = load_run(args.run)
-        images = read_images(args.images)
-        _, x = model.preprocess(images)
-        for name, image, best in zip(args.images, images, top_classes(model, x, args.top)):
-            h, w = image.shape[-2:]
-            print(f"{name} ({w}x{h}): " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in best))
-    except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
-
-
-def export_main(argv: list[str] | None = None) -> int:
-    parser = _parser("export", f"Write a trained network as {WEIGHTS}, {CONFIG} and a model card ({CARD}).")
-    parser.add_argument("--out", type=Path, required=True, help="the folder to write (created if needed)")
-    args = parser.parse_args(argv)
-    try:
-        _check_out(args.out / CONFIG)
-        model = load_run(args.run)
-        written = export(model, args.out)
-    except OSError as err:  # the folder passed the checks, the write failed: each file is written atomically
-        print(f"error: could not write {args.out}: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"Wrote {', '.join(str(p) for p in written)}")
-    if not model.card.get("finished", True):
-        print("note: the run has no result yet: these are the weights of its last checkpoint, not its final ones.")
-    return 0

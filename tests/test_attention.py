@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resattn import AttentionModule, normalize_mask
+from resattn import AttentionModule, ModelConfig, normalize_mask
 from resattn.attention import (
     CHANNEL_EPS,
     GATE_BLOCKS,
@@ -99,7 +99,7 @@ def test_hourglass_unit_counts_match_the_caffe_layout(pools, units):
 @pytest.mark.parametrize("size", [(32, 32), (33, 31), (5, 7)])
 def test_mask_output_matches_trunk_shape_at_odd_sizes(size):
     for structure in MASK_BODIES:
-        mask = SoftMaskBranch(8, structure, "mixed", pools=3, r=1)
+        mask = SoftMaskBranch(ModelConfig(mask_structure=structure), 8, pools=3)
         x = torch.randn(2, 8, *size)
         assert mask(x).shape == x.shape
 
@@ -172,7 +172,7 @@ def _capture(module: AttentionModule, mask_value: float | None, x: torch.Tensor)
 
 @pytest.mark.parametrize("rule, value", [("arl", 0.0), ("nal", 1.0)])
 def test_neutral_mask_returns_the_trunk_exactly(rule, value):
-    module = AttentionModule(8, attention_learning=rule, pools=2).eval()
+    module = AttentionModule(ModelConfig(attention_learning=rule), 8, pools=2).eval()
     trunk, h = _capture(module, value, torch.randn(2, 8, 16, 16))
     assert torch.equal(trunk, h)
 
@@ -180,7 +180,7 @@ def test_neutral_mask_returns_the_trunk_exactly(rule, value):
 def test_arl_and_nal_follow_equations_1_and_3():
     x = torch.randn(2, 8, 16, 16)
     for rule, combine in (("arl", lambda m, t: (1 + m) * t), ("nal", lambda m, t: m * t)):
-        module = AttentionModule(8, attention_learning=rule, pools=2).eval()
+        module = AttentionModule(ModelConfig(attention_learning=rule), 8, pools=2).eval()
         mask_out = {}
         module.mask.register_forward_hook(lambda m, i, o, seen=mask_out: seen.__setitem__("m", o))
         trunk, h = _capture(module, None, x)
@@ -188,7 +188,7 @@ def test_arl_and_nal_follow_equations_1_and_3():
 
 
 def test_no_attention_module_has_no_mask_and_passes_the_trunk():
-    module = AttentionModule(8, attention_learning="none").eval()
+    module = AttentionModule(ModelConfig(attention_learning="none"), 8).eval()
     assert module.mask is None
     trunk, h = _capture(module, None, torch.randn(1, 8, 8, 8))
     assert torch.equal(trunk, h)
@@ -196,7 +196,7 @@ def test_no_attention_module_has_no_mask_and_passes_the_trunk():
 
 @pytest.mark.parametrize("p, t, r", [(1, 2, 1), (2, 4, 3), (0, 1, 2)])
 def test_module_unit_counts_follow_p_t_r(p, t, r):
-    module = AttentionModule(8, pools=3, p=p, t=t, r=r)
+    module = AttentionModule(ModelConfig(p=p, t=t, r=r), 8, pools=3)
     assert len(module.pre) == len(module.post) == p and len(module.trunk) == t
     assert len(module.mask.body.bottom) == 2 * r
 
@@ -206,7 +206,8 @@ def test_module_unit_counts_follow_p_t_r(p, t, r):
     list(itertools.product(["arl", "nal"], ["hourglass", "local_conv"], ["mixed", "channel", "spatial"])),
 )
 def test_module_keeps_shape(rule, structure, norm):
-    module = AttentionModule(8, rule, structure, norm, pools=2)
+    config = ModelConfig(attention_learning=rule, mask_structure=structure, normalization=norm)
+    module = AttentionModule(config, 8, pools=2)
     x = torch.randn(2, 8, 15, 15)
     assert module(x).shape == x.shape
 
@@ -228,7 +229,7 @@ def test_gate_blocks_return_their_input_times_a_gate_in_0_1(name):
 @pytest.mark.parametrize("learning", ["arl", "nal"])
 def test_a_gate_block_fuses_with_the_learning_rule(name, learning):
     """ARL: H = (1 + M) T = T + block(T); NAL: H = M T = block(T); the block reads the trunk T."""
-    module = AttentionModule(16, attention_learning=learning, attention_block=name).eval()
+    module = AttentionModule(ModelConfig(attention_learning=learning, attention_block=name), 16).eval()
     assert module.mask is None and module.block is not None
     seen = {}
     module.block.register_forward_hook(lambda m, i, o: seen.update(block_in=i[0], block_out=o))

@@ -1,7 +1,7 @@
 import pytest
 
 from resattn import ModelConfig, build_model
-from resattn.config import ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS, PRESETS
+from resattn.config import PRESETS
 
 
 @pytest.mark.parametrize(
@@ -87,26 +87,39 @@ def test_trunk_depth_is_the_name(depth):
     assert 1 + 3 * len(trunk_units) + 1 == depth
 
 
-def test_every_switch_value_has_an_implementation_and_a_type():
-    """The allowed values, the Literal types the CLI validates with, and the factories agree."""
+def test_every_switch_value_has_an_implementation():
+    """A switch's values are written once, as a Literal type (the CLI validates with it, and
+    MODEL_SETTINGS declares its range from it); the factories that implement the switch are keyed
+    by exactly those values."""
     from typing import get_args
 
     from resattn import gates
     from resattn.attention import GATE_BLOCKS, LEARNING_RULES, MASK_BODIES, NORMALIZERS
     from resattn.config import (
-        ATTENTION_BLOCKS,
-        GATES,
-        UNIT_GATES,
         AttentionBlock,
         AttentionLearning,
+        Gate,
         MaskStructure,
         Normalization,
         UnitGate,
     )
 
-    assert set(ATTENTION_LEARNING) == set(get_args(AttentionLearning)) == set(LEARNING_RULES)
-    assert set(MASK_STRUCTURES) == set(get_args(MaskStructure)) == set(MASK_BODIES)
-    assert set(NORMALIZATIONS) == set(get_args(Normalization)) == set(NORMALIZERS)
-    assert set(GATES) == set(gates.GATES)
-    assert set(ATTENTION_BLOCKS) == set(get_args(AttentionBlock)) == set(GATE_BLOCKS)
-    assert set(UNIT_GATES) == set(get_args(UnitGate)) == set(gates.UNIT_GATES)
+    switches = {
+        "attention_learning": (AttentionLearning, LEARNING_RULES),
+        "mask_structure": (MaskStructure, MASK_BODIES),
+        "normalization": (Normalization, NORMALIZERS),
+        "attention_block": (AttentionBlock, GATE_BLOCKS),
+        "unit_gate": (UnitGate, gates.UNIT_GATES),
+    }
+    for name, (values, factory) in switches.items():
+        assert set(get_args(values)) == set(factory), name
+    assert set(get_args(Gate)) == set(gates.GATES)
+
+
+def test_model_config_from_hparams_keeps_its_fields_and_fills_the_missing_ones():
+    """The classifier's hyperparameters (network and training settings) and those of a checkpoint
+    written before a field existed (no ``unit_gate``) give the network's config."""
+    hparams = {"depth": 92, "attention_learning": "nal", "width": 0.5, "lr": 0.1, "probes": False}
+    assert ModelConfig.from_hparams(hparams) == ModelConfig(depth=92, attention_learning="nal", width=0.5)
+    with pytest.raises(ValueError, match="normalization"):
+        ModelConfig.from_hparams({"normalization": "softmax"})

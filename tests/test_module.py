@@ -1,8 +1,12 @@
+import inspect
+from dataclasses import fields
+
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from resattn.config import ModelConfig
 from resattn.data import CIFARDataModule
 from resattn.module import ResidualAttentionClassifier
 
@@ -41,6 +45,18 @@ def test_optimizer_and_step_schedule(tmp_path):
     assert group["weight_decay"] == 1e-4
     # 20 steps: divided by 10 at 40% (step 8) and 60% (step 12), like 64k and 96k of 160k
     assert recorder.lrs == pytest.approx([0.1] * 8 + [0.01] * 4 + [0.001] * 8)
+
+
+def test_the_flat_model_settings_are_the_model_configs_fields():
+    """The classifier's network arguments (its ``model.*`` flags) are ModelConfig's fields, with
+    their types and defaults; the network it builds is made from the one ModelConfig they give."""
+    arguments = inspect.signature(ResidualAttentionClassifier).parameters
+    for field in fields(ModelConfig):
+        if field.init:
+            argument = arguments[field.name]
+            assert (argument.annotation, argument.default) == (field.type, field.default), field.name
+    model = ResidualAttentionClassifier(depth=92, unit_gate="se", width=0.125, lr=0.05)
+    assert model.config == model.net.config == ModelConfig(depth=92, unit_gate="se", width=0.125)
 
 
 def test_rejects_bad_milestones():

@@ -1,14 +1,16 @@
 import itertools
 from collections import Counter
+from typing import get_args
 
 import pytest
 import torch
 
 from resattn import ModelConfig, build_model
-from resattn.config import ATTENTION_LEARNING, GATES, MASK_STRUCTURES, NORMALIZATIONS, PRESETS
+from resattn.config import PRESETS, AttentionLearning, MaskStructure, Normalization
+from resattn.gates import GATES
 from resattn.layers import ResidualUnit
 
-SWITCHES = list(itertools.product(ATTENTION_LEARNING, MASK_STRUCTURES, NORMALIZATIONS))
+SWITCHES = list(itertools.product(*map(get_args, (AttentionLearning, MaskStructure, Normalization))))
 
 
 @pytest.mark.parametrize("family, depth", [k for k in PRESETS if k[0] == "cifar"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from resattn import ModelConfig, build_model
 from resattn.cli import build_run
-from resattn.config import GATES
+from resattn.gates import GATES
 from resattn.loader import normalize
 from resattn.packing import PackedClassifier, PackedData, PackedNetwork
 

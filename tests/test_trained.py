@@ -65,6 +65,18 @@ def test_a_checkpoint_loads_with_its_training_mean_and_classes(checkpoint):
         assert torch.allclose(model.net(x), trained(x))
 
 
+def test_a_checkpoint_written_before_the_gate_settings_loads(checkpoint, tmp_path):
+    """A checkpoint of a version without ``attention_block`` and ``unit_gate`` among its
+    hyperparameters loads as the network it trained: those settings' defaults."""
+    ckpt = torch.load(checkpoint[0], map_location="cpu", weights_only=False)
+    for name in ("attention_block", "unit_gate"):
+        del ckpt["hyper_parameters"][name]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    model = load_run(tmp_path / "old.ckpt")
+    assert model.config == load_run(checkpoint[0]).config
+    assert (model.config.attention_block, model.config.unit_gate) == ("soft_mask", "none")
+
+
 def test_export_round_trip_gives_the_same_network(checkpoint, images, tmp_path):
     path, _ = checkpoint
     model = load_run(path)

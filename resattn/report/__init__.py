@@ -14,6 +14,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from resattn.config import ModelConfig
 from resattn.report import attention_plots, plots
 from resattn.report.claims import BEYOND, judge, pieces, write_claims
 from resattn.report.stats import summarise
@@ -126,7 +127,7 @@ def build_report(
     first_seed = min((r.seed for r in finished), default=None)
     shown = sorted((r for r in finished if r.seed == first_seed), key=lambda r: order.index(r.variant))
     mask_files = {r.variant: RunDir.of(runs_dir, r).masks for r in shown} if runs_dir is not None else {}
-    normalizations = {r.variant: r.config["model"].get("normalization", "mixed") for r in results}
+    normalizations = {r.variant: r.config["model"].get("normalization", ModelConfig.normalization) for r in results}
     figures = [
         plots.error_per_variant(df, subtitle, folder / "error.png", plots.side_by_side(study)),
         plots.learning_curves(finished, styles, subtitle, folder / "curves.png"),
