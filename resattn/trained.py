@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from resattn.cli.entry import OneLineParser
 from resattn.config import ModelConfig
-from resattn.entry import OneLineParser
 from resattn.network import ResidualAttentionNetwork, build_model
 from resattn.study.store import EXIT_BAD_INPUT, RunDir, StoreError, atomic_path
 

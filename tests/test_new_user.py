@@ -132,7 +132,7 @@ def test_a_resumed_study_counts_its_progress_and_eta_from_what_is_left():
 
 def test_a_real_run_with_a_negative_learning_rate_is_refused_before_anything_is_written(tmp_path, capsys):
     """Defect 2: it trained, two worker tracebacks, a run folder and two W&B runs; .nan was accepted."""
-    from resattn.commands import study_main
+    from resattn.cli.study import study_main
 
     for value in ("-0.1", ".nan"):
         code = study_main(

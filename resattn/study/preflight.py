@@ -2,7 +2,7 @@
 
 Every value was checked against its declared range before torch was loaded
 (:func:`resattn.study.spec.check_runs`). Then each distinct configuration of a study is parsed and
-instantiated by the single-run CLI's own parser (:func:`resattn.cli.build_run`), for what only it
+instantiated by the single-run CLI's own parser (:func:`resattn.cli.fit.build_run`), for what only it
 can catch (a strategy Lightning does not know, an accelerator this machine lacks), with one line
 naming the setting; the same pass resolves each run's
 settings (its id and ``config.yaml`` come from them) and measures its cost (multiply-adds x training
@@ -61,7 +61,7 @@ def default_precision(runs: list[RunSpec]) -> str:
 def _classes() -> dict:
     import lightning as L
 
-    from resattn.cli import CLASSES
+    from resattn.cli.fit import CLASSES
 
     return {**CLASSES, "trainer": L.Trainer}
 
@@ -125,7 +125,7 @@ def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:
     Raises:
         PreflightError: the first bad setting, named, with what is allowed.
     """
-    from resattn.cli import build_run
+    from resattn.cli.fit import build_run
     from resattn.summary import model_cost
 
     classes = _classes()

@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from resattn.cli import build_run
+from resattn.cli.fit import build_run
 from resattn.config import DEFAULT_DATASET
 from resattn.data import data_fingerprint, normalize
 from resattn.machine import describe_device
