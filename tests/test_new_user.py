@@ -117,7 +117,7 @@ def test_a_resumed_study_counts_its_progress_and_eta_from_what_is_left():
     """Poor case: after a resume the ETA said 12 s for 6.5 minutes of work, the study started at 100%."""
     import io
 
-    from resattn.study.runner import Progress
+    from resattn.study.progress import Progress
 
     progress = Progress("s", {"a": 1.0, "b": 1.0}, io.StringIO())
     progress.update("a", 0.9)  # resumed from a checkpoint at 90%: nothing done by this invocation yet

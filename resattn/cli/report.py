@@ -72,6 +72,13 @@ def write_reports(
     return written
 
 
+def add_study_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional STUDY of ``resattn study`` and ``resattn report``: a packaged study or a YAML path."""
+    parser.add_argument(
+        "study", nargs="?", help=f"one of: {', '.join(available_studies())}; or the path of a study YAML"
+    )
+
+
 def report_main(argv: list[str] | None = None) -> int:
     """``resattn report``: rebuild reports/<study>/<configuration>/ from the run store (or W&B)."""
     parser = OneLineParser(
@@ -84,9 +91,7 @@ def report_main(argv: list[str] | None = None) -> int:
         "  python studies/report.py ARL_vs_NAL --from-wandb my-team/resattn",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "study", nargs="?", help=f"one of: {', '.join(available_studies())}; or the path of a study YAML"
-    )
+    add_study_argument(parser)
     parser.add_argument("--list", action="store_true", help="list the configurations that have results")
     parser.add_argument(
         "--claims",

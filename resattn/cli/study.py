@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 from resattn.cli.entry import OneLineParser
-from resattn.cli.report import check_runs_dir, rebuild_ledger, write_reports
-from resattn.study.executors import EXECUTORS
-from resattn.study.preflight import check_folder
+from resattn.cli.report import add_study_argument, check_runs_dir, rebuild_ledger, write_reports
+from resattn.study.options import EXECUTORS, StudyOptions
 from resattn.study.spec import available_studies, load_study, parse_overrides, parse_pairs, profile_names
 from resattn.study.store import (
     EXIT_BAD_INPUT,
@@ -64,9 +63,7 @@ def study_parser() -> argparse.ArgumentParser:
         epilog=RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "study", nargs="?", help=f"one of: {', '.join(available_studies())}; or the path of a study YAML"
-    )
+    add_study_argument(parser)
     parser.add_argument("--list", action="store_true", help="list the studies, their paper tables and finished runs")
     parser.add_argument(
         "--profile",
@@ -153,6 +150,7 @@ def study_main(argv: list[str] | None = None) -> int:
         return _list_studies(args.runs_dir)
     if args.study is None:
         parser.error("name a study (or --list to see them)")
+    from resattn.study.plan import plan_study
     from resattn.study.runner import StopRequested, StudyError, run_study
 
     try:
@@ -162,28 +160,9 @@ def study_main(argv: list[str] | None = None) -> int:
         if not args.download:
             overrides["data.download"] = False
         slurm = parse_pairs(args.slurm, "--slurm")
-        check_folder(args.reports_dir, "--reports-dir")
-        outcome = run_study(
-            args.study,
-            args.profile,
-            args.seeds,
-            overrides,
-            args.jobs,
-            args.force,
-            args.dry_run,
-            args.runs_dir,
-            args.wandb,
-            args.project,
-            args.entity,
-            executor=args.executor,
-            cpus_per_run=args.cpus_per_run,
-            gpus_per_run=args.gpus_per_run,
-            ray_address=args.ray_address,
-            max_retries=args.max_retries,
-            slurm=slurm,
-            pack=args.pack,
-            variants=args.variants,
-        )
+        flags = {k: v for k, v in vars(args).items() if k in StudyOptions.model_fields}
+        options = StudyOptions.checked(**{**flags, "overrides": overrides, "slurm": slurm})
+        outcome = run_study(plan_study(options), options)
     except StopRequested as stop:
         print(str(stop), file=sys.stderr)
         return EXIT_STOPPED
@@ -196,19 +175,19 @@ def study_main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.dry_run:
+    if options.dry_run:
         return EXIT_OK
     try:  # the configurations this invocation's results recorded (a finished run keeps its own)
-        results = [r for r in (RunDir.of(args.runs_dir, run).read_result() for run in outcome.runs) if r is not None]
+        results = [r for r in (RunDir.of(options.runs_dir, run).read_result() for run in outcome.runs) if r is not None]
         configurations = {r.configuration for r in results}
         written = write_reports(
             outcome.study,
-            args.runs_dir,
-            args.reports_dir,
+            options.runs_dir,
+            options.reports_dir,
             select=lambda name, _: name in configurations,
             wandb_mode=outcome.wandb_mode,
-            project=args.project,
-            entity=args.entity,
+            project=options.project,
+            entity=options.entity,
         )
     except (OSError, ValueError) as err:  # the runs are trained and stored; only the report failed
         print(f"error: the report could not be written ({err}); rebuild it with studies/report.py", file=sys.stderr)
@@ -218,7 +197,7 @@ def study_main(argv: list[str] | None = None) -> int:
     if not written:
         print(f"No results for {outcome.study.name} yet: nothing to report.")
     else:
-        code = rebuild_ledger(args.reports_dir)
+        code = rebuild_ledger(options.reports_dir)
         if code != EXIT_OK:
             return code
     return EXIT_FAILED if outcome.failed else EXIT_OK

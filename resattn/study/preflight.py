@@ -48,6 +48,9 @@ def _quiet():
             lg.setLevel(level)
 
 
+CPU_PRECISION = "32-true"  # the default precision where runs do not train on a CUDA GPU
+
+
 def default_precision(runs: list[RunSpec]) -> str:
     """The training precision of runs that do not set one: ``bf16-mixed`` where they train on a
     CUDA GPU, else ``32-true`` (this project's CPU has no fast bf16: 4x slower, docs/performance.md)."""
@@ -55,7 +58,7 @@ def default_precision(runs: list[RunSpec]) -> str:
 
     accelerators = {str(r.config["trainer"]["accelerator"]) for r in runs}  # RUN_DEFAULTS sets it
     cuda = torch.cuda.is_available() and accelerators <= {"auto", "gpu", "cuda"}
-    return "bf16-mixed" if cuda else "32-true"
+    return "bf16-mixed" if cuda else CPU_PRECISION
 
 
 def _classes() -> dict:
