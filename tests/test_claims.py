@@ -4,7 +4,7 @@ configuration's claims.csv, and reports/CLAIMS.md gathers the most faithful evid
 import pandas as pd
 import pytest
 
-from resattn.commands import report_main
+from resattn.cli.report import report_main
 from resattn.report import build_report
 from resattn.report.ledger import LEDGER, write_ledger
 from resattn.study.spec import SpecError, available_studies, load_study

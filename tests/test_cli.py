@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from resattn.cli import cli_main
+from resattn.cli.fit import cli_main
 from resattn.config import PRESETS
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from resattn.study.executors import require
+from resattn.study.options import StudyOptions
+from resattn.study.plan import plan_study
 from resattn.study.runner import run_study
 from resattn.study.spec import parse_overrides
 from resattn.study.store import RunDir, study_results
@@ -23,9 +25,17 @@ SAME = ("run_id", "status", "seed", "config", "test", "test_error", "probe", "pa
 
 def _study(tmp_path: Path, name: str, **kwargs) -> dict[str, dict]:
     runs = tmp_path / name / "runs"
-    outcome = run_study(
-        "mask_structure", "smoke", seeds=1, runs_dir=runs, wandb="disabled", jobs=2, cpus_per_run=1, **kwargs
+    options = StudyOptions(
+        study="mask_structure",
+        profile="smoke",
+        seeds=1,
+        runs_dir=runs,
+        wandb="disabled",
+        jobs=2,
+        cpus_per_run=1,
+        **kwargs,
     )
+    outcome = run_study(plan_study(options), options)
     assert outcome.failed == 0
     return {r.run_id: r.dump() for r in study_results(runs, "mask_structure")}
 
@@ -81,7 +91,10 @@ def test_a_missing_extra_says_which_to_install(monkeypatch):
 def test_a_ddp_run_is_recorded_once_by_rank_zero(tmp_path):
     ddp = parse_overrides(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"])
     runs = tmp_path / "runs"
-    outcome = run_study("mask_structure", "smoke", seeds=1, overrides=ddp, runs_dir=runs, wandb="offline")
+    options = StudyOptions(
+        study="mask_structure", profile="smoke", seeds=1, overrides=ddp, runs_dir=runs, wandb="offline"
+    )
+    outcome = run_study(plan_study(options), options)
     assert outcome.failed == 0
     for result in study_results(runs, "mask_structure"):
         run_dir = RunDir.of(runs, result)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from resattn.commands import study_main
+from resattn.cli.study import study_main
 from tests.test_preflight import _finished_run, _snapshot
 
 CASES = 200

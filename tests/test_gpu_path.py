@@ -12,8 +12,8 @@ import math
 import pandas as pd
 import pytest
 
-from resattn.cli import build_run
-from resattn.commands import study_main
+from resattn.cli.fit import build_run
+from resattn.cli.study import study_main
 from resattn.packing import PackedClassifier, PackedData
 from resattn.study.store import RunDir, pack_dir, study_results
 from tests.test_packing import SEEDS, _config, _distance

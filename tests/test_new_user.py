@@ -117,7 +117,7 @@ def test_a_resumed_study_counts_its_progress_and_eta_from_what_is_left():
     """Poor case: after a resume the ETA said 12 s for 6.5 minutes of work, the study started at 100%."""
     import io
 
-    from resattn.study.runner import Progress
+    from resattn.study.progress import Progress
 
     progress = Progress("s", {"a": 1.0, "b": 1.0}, io.StringIO())
     progress.update("a", 0.9)  # resumed from a checkpoint at 90%: nothing done by this invocation yet
@@ -132,7 +132,7 @@ def test_a_resumed_study_counts_its_progress_and_eta_from_what_is_left():
 
 def test_a_real_run_with_a_negative_learning_rate_is_refused_before_anything_is_written(tmp_path, capsys):
     """Defect 2: it trained, two worker tracebacks, a run folder and two W&B runs; .nan was accepted."""
-    from resattn.commands import study_main
+    from resattn.cli.study import study_main
 
     for value in ("-0.1", ".nan"):
         code = study_main(

@@ -25,7 +25,7 @@ def test_the_wheel_ships_the_studies_and_the_console_script(tmp_path):
     names = set(wheel.namelist())
     for study in [*available_studies(), "profiles"]:
         assert f"resattn/ablations/{study}.yaml" in names
-    assert {"resattn/commands.py", "resattn/study/store.py", "resattn/report/plots.py"} <= names
+    assert {"resattn/cli/study.py", "resattn/study/store.py", "resattn/report/plots.py"} <= names
     assert {"resattn/study/worker.py", "resattn/figures.py", "resattn/provenance.py"} <= names  # the worker's entry
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "resattn = resattn.__main__:main" in wheel.read(entry_points).decode()

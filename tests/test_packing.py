@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from resattn import ModelConfig, build_model
-from resattn.cli import build_run
+from resattn.cli.fit import build_run
 from resattn.gates import GATES
 from resattn.loader import normalize
 from resattn.packing import PackedClassifier, PackedData, PackedNetwork
@@ -142,7 +142,7 @@ def test_pack_metrics_are_each_members_own():
 
 @pytest.mark.slow
 def test_a_packed_study_writes_the_report_of_an_unpacked_one(tmp_path):
-    from resattn.commands import study_main
+    from resattn.cli.study import study_main
 
     study = tmp_path / "pair.yaml"
     study.write_text(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resattn.commands import study_main
+from resattn.cli.study import study_main
 from resattn.study.spec import expand, load_profile, load_study
 from resattn.study.store import RunDir
 from tests.conftest import write_cifar

@@ -11,8 +11,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from resattn.cli import CLASSES
-from resattn.commands import study_main
+from resattn.cli.fit import CLASSES
+from resattn.cli.study import study_main
 from resattn.study.spec import PRECISIONS, SETTINGS, load_study, ranges_markdown
 from tests.test_cli import _in_process
 from tests.test_preflight import _finished_run, _snapshot

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from resattn.commands import study_main
+from resattn.cli.study import study_main
 from resattn.study.callbacks import CheckpointError, ensure_space
 from resattn.study.preflight import resolve
 from resattn.study.spec import expand, load_profile, load_study, parse_overrides

@@ -109,7 +109,7 @@ def test_overrides_are_validated():
 def test_loading_specs_and_the_package_root_import_no_torch():
     code = (
         "import sys, resattn; from resattn.study.spec import load_study, expand, load_profile; "
-        "from resattn.study import store, runner, executors, wandb_runs; import resattn.commands; "
+        "from resattn.study import store, runner, executors, wandb_runs; import resattn.cli.study, resattn.cli.report; "
         "expand(load_study('ARL_vs_NAL'), load_profile('quick')); "
         "print(sorted(m for m in ('torch', 'lightning', 'wandb', 'pandas') if m in sys.modules))"
     )

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from resattn.commands import report_main, study_main
+from resattn.cli.report import report_main
+from resattn.cli.study import study_main
 from resattn.report.stats import holm
 from resattn.study.store import RunDir, study_results
 from resattn.study.wandb_runs import decide_mode

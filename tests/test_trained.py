@@ -162,7 +162,7 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, images, tmp_path, 
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     """A real study run (the smoke profile's worker process), and one run of the study without weights."""
-    from resattn.commands import study_main
+    from resattn.cli.study import study_main
 
     folder = tmp_path_factory.mktemp("study")
     yaml = folder / "one.yaml"

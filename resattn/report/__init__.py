@@ -150,9 +150,8 @@ def build_report(
     if wandb_mode != "disabled" and runs_dir is not None:
         configuration = results[0].configuration
         save_dir = study_dir(runs_dir, study.name, f"report-{configuration}")
-        wandb_runs.log_report(
-            study.name, configuration, readable(df), written, save_dir, wandb_mode, project, entity, out
-        )
+        target = wandb_runs.Target(wandb_mode, project, entity)
+        wandb_runs.log_report(study.name, configuration, readable(df), written, save_dir, target, out)
     return written
 
 

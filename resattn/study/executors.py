@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,33 +22,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resattn.study.store import RunDir
+from resattn.study.options import StudyOptions, check_slurm
+from resattn.study.plan import StudyPlan, Task
+from resattn.study.store import study_dir
 
-EXECUTORS = ("local", "ray", "slurm")
 EXTRAS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # executor -> (module, pip extra)
 
 
-@dataclass(frozen=True)
-class Task:
-    """One unit of training: a run, or a pack of runs (``members``) trained as one model. ``run_dir``
-    is where its log, progress and checkpoint go (the run's folder, or the pack's); ``options``
-    are the worker's command-line options after the run folders."""
-
-    run_id: str
-    run_dir: RunDir
-    options: tuple[str, ...] = ()
-    members: tuple[RunDir, ...] = ()
-
-    @property
-    def runs(self) -> tuple[RunDir, ...]:
-        return self.members or (self.run_dir,)
-
-
 def start_worker(task: Task, threads: int | None, log, **popen) -> subprocess.Popen:
-    """Start ``python -m resattn.study.worker RUN_DIR [RUN_DIR ...] ...`` as a child of this process
-    (which it watches: it stops with a checkpoint if this process dies), output to ``log``."""
-    cmd = [sys.executable, "-m", "resattn.study.worker", *(str(r) for r in task.runs), *task.options]
-    cmd += ["--parent-pid", str(os.getpid())] + (["--threads", str(threads)] if threads else [])
+    """Start ``python -m resattn.study.worker RUN_DIR [RUN_DIR ...] --options JSON`` as a child of this
+    process (which it watches: it stops with a checkpoint if this process dies), output to ``log``:
+    the task's :class:`WorkerOptions` whole, with ``threads`` and this process's id."""
+    options = task.options.model_copy(update={"threads": threads, "parent_pid": os.getpid()})
+    cmd = [sys.executable, "-m", "resattn.study.worker", *(str(r) for r in task.runs)]
+    cmd += ["--options", options.model_dump_json()]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, **popen)
 
@@ -78,24 +63,6 @@ def require(executor: str):
         raise ImportError(
             f"--executor {executor} needs the {module!r} package: pip install -e '.[{extra}]' "
             f"(or pip install 'resattn[{extra}]')."
-        ) from err
-
-
-def check_reachable(address: str | None, timeout: float = 5.0) -> None:
-    """A Ray address ``HOST:PORT`` must answer before the study writes anything (``ray.init`` would
-    retry an unreachable one for good); ``auto`` and ``ray://`` addresses are left to Ray. The runner
-    checks it first, with the other flags, before it builds a :class:`RayExecutor`."""
-    if not address or address == "auto" or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--ray-address {address!r}: expected auto or HOST:PORT, e.g. 10.0.0.1:6379.")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as err:
-        raise ValueError(
-            f"--ray-address {address}: nothing answers there ({err.strerror or err}); start the cluster "
-            "(ray start --head) or give its address, or leave --ray-address out for a local Ray instance."
         ) from err
 
 
@@ -191,16 +158,6 @@ class RayExecutor:
             self._ray.cancel(ref)  # KeyboardInterrupt in the task: its worker gets SIGTERM and checkpoints
 
 
-def check_slurm(parameters: dict) -> None:
-    """SLURM is here (``sbatch`` on PATH), or the ``--slurm`` parameters name another submitit
-    cluster; else submitit would quietly run the array on this machine."""
-    if parameters.get("cluster") is None and shutil.which("sbatch") is None:
-        raise ValueError(
-            "--executor slurm: no SLURM here (no sbatch on PATH); run where SLURM is, or add --slurm cluster=local "
-            "to run the array on this machine."
-        )
-
-
 @dataclass
 class SlurmExecutor:
     """A submitit job array, one element per run, at most ``jobs`` at once, with ``cpus``/``gpus`` per
@@ -251,3 +208,28 @@ class SlurmExecutor:
     def stop(self) -> None:
         for job in self._jobs:
             job.cancel(check=False)
+
+
+def make_executor(plan: StudyPlan, options: StudyOptions):
+    """The executor of ``--executor`` for the runs of ``plan``, with the options' jobs, CPUs, GPUs,
+    retries, Ray address and ``--slurm`` parameters; a missing extra or a bad parameter fails here,
+    before any run. Locally, each of several runs at once gets its share of the cores (unless
+    ``--cpus-per-run``); under SLURM, a run with ``trainer.devices`` > 1 gets a task per process."""
+    jobs, cpus = options.jobs, options.cpus_per_run
+    if options.executor == "local":
+        threads = int(cpus) if cpus else (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+        return LocalExecutor(jobs=jobs, threads=threads)
+    if options.executor == "ray":
+        gpus, address = options.gpus_per_run, options.ray_address
+        return RayExecutor(cpus=cpus or 1, gpus=gpus, address=address, max_retries=options.max_retries)
+    parameters = dict(options.slurm)
+    if plan.trainer.num_devices > 1:  # DDP: one SLURM task per process
+        parameters.setdefault("tasks_per_node", plan.trainer.num_devices)
+        parameters.setdefault("nodes", plan.trainer.num_nodes)
+    return SlurmExecutor(
+        folder=study_dir(options.runs_dir, plan.study.name, "slurm"),
+        cpus=int(cpus or 1),
+        gpus=int(options.gpus_per_run),
+        jobs=jobs,
+        parameters=parameters,
+    )

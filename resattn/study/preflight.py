@@ -2,7 +2,7 @@
 
 Every value was checked against its declared range before torch was loaded
 (:func:`resattn.study.spec.check_runs`). Then each distinct configuration of a study is parsed and
-instantiated by the single-run CLI's own parser (:func:`resattn.cli.build_run`), for what only it
+instantiated by the single-run CLI's own parser (:func:`resattn.cli.fit.build_run`), for what only it
 can catch (a strategy Lightning does not know, an accelerator this machine lacks), with one line
 naming the setting; the same pass resolves each run's
 settings (its id and ``config.yaml`` come from them) and measures its cost (multiply-adds x training
@@ -48,6 +48,9 @@ def _quiet():
             lg.setLevel(level)
 
 
+CPU_PRECISION = "32-true"  # the default precision where runs do not train on a CUDA GPU
+
+
 def default_precision(runs: list[RunSpec]) -> str:
     """The training precision of runs that do not set one: ``bf16-mixed`` where they train on a
     CUDA GPU, else ``32-true`` (this project's CPU has no fast bf16: 4x slower, docs/performance.md)."""
@@ -55,13 +58,13 @@ def default_precision(runs: list[RunSpec]) -> str:
 
     accelerators = {str(r.config["trainer"]["accelerator"]) for r in runs}  # RUN_DEFAULTS sets it
     cuda = torch.cuda.is_available() and accelerators <= {"auto", "gpu", "cuda"}
-    return "bf16-mixed" if cuda else "32-true"
+    return "bf16-mixed" if cuda else CPU_PRECISION
 
 
 def _classes() -> dict:
     import lightning as L
 
-    from resattn.cli import CLASSES
+    from resattn.cli.fit import CLASSES
 
     return {**CLASSES, "trainer": L.Trainer}
 
@@ -125,7 +128,7 @@ def resolve(runs: list[RunSpec]) -> tuple[list[RunSpec], dict[str, Built]]:
     Raises:
         PreflightError: the first bad setting, named, with what is allowed.
     """
-    from resattn.cli import build_run
+    from resattn.cli.fit import build_run
     from resattn.summary import model_cost
 
     classes = _classes()

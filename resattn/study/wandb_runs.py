@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from resattn.study.record import RunResult, RunSpec
 from resattn.study.store import RunDir, write_json_atomic
@@ -139,19 +140,20 @@ def report_run_id(study: str, configuration: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"report-{study}-{configuration}")[:64]
 
 
+class Target(NamedTuple):
+    """Where W&B records go: the mode, the project and the entity (None: the default one)."""
+
+    mode: str
+    project: str
+    entity: str | None
+
+
 def log_report(
-    study: str,
-    configuration: str,
-    table,
-    files: list[Path],
-    save_dir: Path,
-    mode: str,
-    project: str,
-    entity: str | None,
-    out=None,
+    study: str, configuration: str, table, files: list[Path], save_dir: Path, target: Target, out=None
 ) -> None:
     """The report's table and plots in the study's W&B group (job type ``report``), one run per configuration."""
     out = out or sys.stdout
+    mode, project, entity = target
     try:
         import wandb
 

@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resattn.cifar import data_fingerprint
-from resattn.cli import build_run
+from resattn.cli.fit import build_run
 from resattn.config import DEFAULT_DATASET
 from resattn.loader import normalize
 from resattn.machine import describe_device
@@ -48,6 +48,7 @@ from resattn.study.callbacks import (
     StudyProgress,
     resume_checkpoint,
 )
+from resattn.study.options import WorkerOptions
 from resattn.study.record import Divergence, RunResult, RunSpec, digest, pack_bits
 from resattn.study.store import (
     EXIT_BAD_INPUT,
@@ -59,6 +60,7 @@ from resattn.study.store import (
     StoreError,
     pack_dir,
 )
+from resattn.study.wandb_runs import WANDB_MODES
 from resattn.summary import model_cost
 
 MASK_IMAGES = 8  # test images whose attention masks are stored for the report's mask grid
@@ -99,11 +101,9 @@ def check_data_files(spec: RunSpec, run_dir: RunDir) -> None:
         )
 
 
-def train(
-    run_dirs: list[RunDir], wandb_mode: str = "offline", project: str = "resattn", entity: str | None = None
-) -> list[RunResult | None]:
+def train(run_dirs: list[RunDir], options: WorkerOptions) -> list[RunResult | None]:
     """Train the runs of ``run_dirs`` (one, or the seeds of a pack), resuming from the checkpoint of
-    the run (or of the pack) if there is one, and write each run's result.
+    the run (or of the pack) if there is one, and write each run's result; W&B as ``options`` say.
 
     A pack is the seeds of one variant as one vectorised model (:mod:`resattn.packing`); its
     checkpoint, progress and log are in its own folder (:func:`pack_dir`), and each member's
@@ -136,6 +136,7 @@ def train(
     else:
         model, data = clis[0].model, clis[0].datamodule
     loggers = [CSVLogger(str(folder.path), name=folder.csv.name)]  # version_0, _1, ...: a segment each
+    wandb_mode, project, entity = options.wandb_mode, options.project, options.entity
     wandb_sessions = [(None, {"mode": wandb_mode}) for _ in run_dirs]
     if wandb_mode != "disabled" and rank_zero_only.rank == 0:
         for k, (spec, rd) in enumerate(zip(specs, run_dirs)):
@@ -181,41 +182,26 @@ def train(
             if k > 0:
                 cli.trainer.loggers = []  # its metrics went to its W&B run with the pack's
         epochs = member_epochs(history.epochs, k) if packed else history.epochs
-        run, info = wandb_sessions[k]
-        results.append(
-            write_result(
-                spec,
-                rd,
-                cli.trainer,
-                cli.datamodule,
-                cli.model,
-                history,
-                epochs,
-                run,
-                info,
-                guard.diverged.get(k),
-                pack,
-            )
-        )
+        results.append(write_result(spec, rd, cli, history, epochs, wandb_sessions[k], guard.diverged.get(k), pack))
     return results
 
 
 def write_result(
     spec: RunSpec,
     run_dir: RunDir,
-    trainer,
-    data,
-    model,
+    cli,
     history: RunHistory,
     epochs: list[dict],
-    wandb_run,
-    wandb_info: dict,
+    wandb_session: tuple,
     diverged: tuple[int, int, float] | None = None,
     pack: dict | None = None,
 ) -> RunResult | None:
-    """Test the final weights (and probe them, on the test split), store the masks, write
-    ``result.json`` (rank zero only), finish W&B. A diverged run (``diverged``: its step, epoch
-    and loss) is neither tested nor probed."""
+    """Test the final weights of the run ``cli`` built (its trainer, data and model) and probe them,
+    on the test split; store the masks, write ``result.json`` (rank zero only), finish W&B
+    (``wandb_session``: the W&B run, or None, and what the result records of it). A diverged run
+    (``diverged``: its step, epoch and loss) is neither tested nor probed."""
+    trainer, data, model = cli.trainer, cli.datamodule, cli.model
+    wandb_run, wandb_info = wandb_session
     test, images, masks, probe = {}, None, {}, {}
     if diverged is None:
         test = {k: float(v) for k, v in trainer.test(model, data, verbose=False)[0].items()}
@@ -279,17 +265,30 @@ def watch_parent(expected: int | None) -> None:
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> tuple[list[RunDir], WorkerOptions]:
+    """The run folders and the :class:`WorkerOptions` of the command line: the record an executor
+    passes whole (``--options JSON``), or the W&B flags given by hand, which change it."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", type=RunDir, nargs="+", metavar="RUN_DIR", help="one run, or the runs of a pack")
-    parser.add_argument("--wandb", choices=wandb_runs.WANDB_MODES, default="offline")
-    parser.add_argument("--project", default="resattn")
-    parser.add_argument("--entity", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--parent-pid", type=int, default=None, help="stop (with a checkpoint) when it dies")
+    parser.add_argument(
+        "--options",
+        type=WorkerOptions.model_validate_json,
+        default=WorkerOptions(),
+        metavar="JSON",
+        help="the runner's WorkerOptions (resattn.study.options), as JSON",
+    )
+    parser.add_argument("--wandb", dest="wandb_mode", choices=WANDB_MODES, default=None, help="by hand: W&B mode")
+    parser.add_argument("--project", default=None, help="by hand: W&B project")
+    parser.add_argument("--entity", default=None, help="by hand: W&B entity")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    by_hand = {k: getattr(args, k) for k in ("wandb_mode", "project", "entity") if getattr(args, k) is not None}
+    return args.run_dirs, args.options.model_copy(update=by_hand)
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_dirs, options = parse(argv)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     os.environ.setdefault("WANDB_SILENT", "true")
     # A W&B service inherited from the runner would outlive this process and keep its run id "in use"
     # for the next segment of this run: each worker starts its own, which ends with it.
@@ -298,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     # land mid-step and leave a half-updated state behind).
     signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     rank = rank_zero_only.rank  # from the environment: > 0 in processes Lightning starts for DDP
-    watch_parent(args.parent_pid if rank == 0 else None)
+    watch_parent(options.parent_pid if rank == 0 else None)
     locks, todo = [], []
     try:
-        for run_dir in args.run_dirs:  # a pack trains the members that no other process holds or finished
+        for run_dir in run_dirs:  # a pack trains the members that no other process holds or finished
             lock = RunLock(run_dir)
             if rank == 0 and not lock.acquire(timeout=1.0):  # a runner's lock probe holds it for an instant
                 print(f"{run_dir} is being trained by {lock.holder()}; not training it twice.", flush=True)
@@ -313,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             todo.append(run_dir)
         if not todo:
             return EXIT_BUSY
-        results = train(todo, args.wandb, args.project, args.entity)
+        results = train(todo, options)
     except StoreError as err:
         print(f"error: {err}", flush=True)
         return EXIT_BAD_INPUT

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from resattn.entry import OneLineParser
+from resattn.cli.entry import OneLineParser
 from resattn.study.store import EXIT_BAD_INPUT
 from resattn.trained import CARD, CONFIG, WEIGHTS, RunError, export, load_run, mask_figure, read_images, top_classes
 
