@@ -6,7 +6,7 @@ mode with everything needed to use it without its data: the model config, the cl
 the per-pixel training mean the inputs are centred with (stored in every checkpoint by the data
 module; recomputed from the run's data for older checkpoints).
 
-Their commands (``python -m resattn masks|predict|export``) are :mod:`resattn.cli.trained`.
+Their commands (``python -m resattn masks|predict|export``) are :mod:`resattn.cli.models`.
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ def _dispatch(argv: list[str]) -> int | None:
 
         return report_main(rest)
     if command in ("masks", "predict", "export"):
-        from resattn.cli import trained
+        from resattn.cli import models
 
-        return getattr(trained, f"{command}_main")(rest)
+        return getattr(models, f"{command}_main")(rest)
     if command == "summary":
         from resattn import summary
 

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 from resattn.cli.entry import OneLineParser
+from resattn.study.options import DEFAULTS
 from resattn.study.preflight import check_folder
 from resattn.study.spec import available_studies, load_study
 from resattn.study.store import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, study_dir, study_results
+from resattn.study.wandb_runs import WANDB_PROJECT
 
 
 def check_runs_dir(runs_dir: Path) -> None:
@@ -46,7 +48,7 @@ def write_reports(
     results=None,
     select=lambda configuration, profile: True,
     wandb_mode: str = "disabled",
-    project: str = "resattn",
+    project: str = WANDB_PROJECT,
     entity: str | None = None,
 ) -> dict[str, list[Path]]:
     """One report per configuration of ``study`` that has results (and passes ``select``), each from
@@ -112,8 +114,8 @@ def report_main(argv: list[str] | None = None) -> int:
         metavar="ENTITY/PROJECT",
         help="read results from this W&B project (the study's group) instead of runs/",
     )
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULTS["runs_dir"], help="default: %(default)s")
+    parser.add_argument("--reports-dir", type=Path, default=DEFAULTS["reports_dir"], help="default: %(default)s")
     args = parser.parse_args(argv)
     if args.study is None and not args.claims:
         parser.error("name a study (or --claims to rebuild the claims ledger)")

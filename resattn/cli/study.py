@@ -12,7 +12,7 @@ from pathlib import Path
 
 from resattn.cli.entry import OneLineParser
 from resattn.cli.report import add_study_argument, check_runs_dir, rebuild_ledger, write_reports
-from resattn.study.options import EXECUTORS, StudyOptions
+from resattn.study.options import DEFAULTS, EXECUTORS, StudyOptions
 from resattn.study.spec import available_studies, load_study, parse_overrides, parse_pairs, profile_names
 from resattn.study.store import (
     EXIT_BAD_INPUT,
@@ -67,10 +67,12 @@ def study_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the studies, their paper tables and finished runs")
     parser.add_argument(
         "--profile",
-        default="quick",
+        default=DEFAULTS["profile"],
         help=f"one of {', '.join(profile_names())} (ablations/profiles.yaml); default: %(default)s",
     )
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the profile's)")
+    parser.add_argument(
+        "--seeds", type=int, default=DEFAULTS["seeds"], help="seeds per variant (default: the profile's)"
+    )
     parser.add_argument("--data_dir", default=None, help="CIFAR folder (shortcut for --set data.data_dir=...)")
     parser.add_argument(
         "--download",
@@ -94,11 +96,13 @@ def study_parser() -> argparse.ArgumentParser:
         help="train only these variants: names or shell patterns, e.g. --variants 'cifar10-*' (repeatable); "
         "the report covers every finished run of the study",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (local: processes; slurm: array parallelism)")
+    parser.add_argument(
+        "--jobs", type=int, default=DEFAULTS["jobs"], help="runs at once (local: processes; slurm: array parallelism)"
+    )
     parser.add_argument(
         "--pack",
         type=int,
-        default=None,
+        default=DEFAULTS["pack"],
         help="train up to K seeds of a variant in one process as one vectorised model (default: 1 on a CPU, "
         "every seed up to 8 on a GPU); a pack is one task for --jobs and the executors",
     )
@@ -111,25 +115,35 @@ def study_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wandb",
         choices=WANDB_MODES,
-        default=None,
+        default=DEFAULTS["wandb"],
         help="default: online with W&B credentials configured, else offline",
     )
-    parser.add_argument("--project", default="resattn", help="W&B project")
-    parser.add_argument("--entity", default=None, help="W&B entity (user or team)")
+    parser.add_argument("--project", default=DEFAULTS["project"], help="W&B project")
+    parser.add_argument("--entity", default=DEFAULTS["entity"], help="W&B entity (user or team)")
     scale = parser.add_argument_group("where runs train (docs/scale-out.md: Ray, SLURM)")
     scale.add_argument(
-        "--executor", choices=EXECUTORS, default="local", help="local processes, Ray tasks or a SLURM array"
+        "--executor",
+        choices=EXECUTORS,
+        default=DEFAULTS["executor"],
+        help="local processes, Ray tasks or a SLURM array",
     )
-    scale.add_argument("--cpus-per-run", type=float, default=None, help="CPU cores per run (local: torch threads)")
     scale.add_argument(
-        "--gpus-per-run", type=float, default=0, help="GPUs per run (ray, slurm); see also trainer.devices"
+        "--cpus-per-run", type=float, default=DEFAULTS["cpus_per_run"], help="CPU cores per run (local: torch threads)"
+    )
+    scale.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=DEFAULTS["gpus_per_run"],
+        help="GPUs per run (ray, slurm); see also trainer.devices",
     )
     scale.add_argument(
         "--ray-address",
-        default=None,
+        default=DEFAULTS["ray_address"],
         help="Ray cluster: auto (the one this machine belongs to) or HOST:PORT; default RAY_ADDRESS, else a local one",
     )
-    scale.add_argument("--max-retries", type=int, default=1, help="retries of a failed run, from its checkpoint")
+    scale.add_argument(
+        "--max-retries", type=int, default=DEFAULTS["max_retries"], help="retries of a failed run, from its checkpoint"
+    )
     scale.add_argument(
         "--slurm",
         action="append",
@@ -137,8 +151,12 @@ def study_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="submitit parameter, e.g. --slurm slurm_partition=gpu --slurm timeout_min=720 (repeatable)",
     )
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs are stored (default: runs)")
-    parser.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where reports go (default: reports)")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=DEFAULTS["runs_dir"], help="where runs are stored (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--reports-dir", type=Path, default=DEFAULTS["reports_dir"], help="where reports go (default: %(default)s)"
+    )
     return parser
 
 

@@ -97,7 +97,7 @@ def build_report(
     runs_dir: Path | None = None,
     expected: list[RunSpec] | None = None,
     wandb_mode: str = "disabled",
-    project: str = "resattn",
+    project: str = wandb_runs.WANDB_PROJECT,
     entity: str | None = None,
     out=None,
 ) -> list[Path]:

@@ -218,6 +218,9 @@ def learning_curves(results: list[RunResult], styles: dict[str, dict], subtitle:
     after = " after the only epoch" if one_epoch else ""
     axes[0].set_title(f"Validation error{after} (mean ± std over seeds)", fontsize=10)
     axes[1].set_title(f"Training loss{after} (mean ± std over seeds)", fontsize=10)
-    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    # the legend right of the loss panel, from whichever panel has the most curves (a run may log no loss)
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda found: len(found[0]))
+    if handles:
+        axes[1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(subtitle, fontsize=10)
     return save_figure(fig, path)

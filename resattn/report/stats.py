@@ -5,8 +5,8 @@ Every piece of evidence is a *contrast*: a weighted sum of variants' test errors
 with every variant of the contrast it is one number; the seeds vary by training randomness, the
 test images by which images happened to be in the test split (the same images for every seed).
 
-- **Seed-only interval**: the Student t interval of the per-seed contrasts (scipy's
-  ``ttest_1samp``), the variation from training alone, on this test split.
+- **Seed-only interval**: the Student t interval of the per-seed contrasts (scipy's ``t.interval``
+  with k − 1 df), the variation from training alone, on this test split.
 - **Seeds-and-images interval** (what verdicts use): the same mean with the standard error
   ``SE² = s²/k + v/N``, where ``s`` is the SD of the k per-seed contrasts and ``v`` the variance
   over the N test images of each image's contrast averaged over the seeds (``d_i = mean_s Σ_v w_v
@@ -20,8 +20,8 @@ test images by which images happened to be in the test split (the same images fo
 
 Families (:mod:`resattn.report.claims`): Holm's step-down adjustment within one claim's own
 comparisons (statsmodels' ``multipletests``), and intervals at the level consistent with it
-(:func:`consistent_level`). Power and seeds needed: the paired t test's power (checked against
-statsmodels' ``TTestPower``) at the α the verdict uses, from an upper confidence bound of the seed
+(:func:`consistent_level`). Power and seeds needed: the paired t test's power (statsmodels'
+``TTestPower``) at the α the verdict uses, from an upper confidence bound of the seed
 SD (:func:`upper_sd`). Divergence: Fisher's exact
 test of a variant's diverged runs against its reference's (scipy).
 """
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from resattn.config import DEFAULT_DATASET, NUM_CLASSES
 from resattn.study.record import RunResult
@@ -43,6 +44,7 @@ from resattn.study.spec import Study
 ALPHA, POWER, LEVEL = 0.05, 0.8, 0.95
 SD_CONFIDENCE = 0.8  # planning uses the 80% upper confidence bound of the seed SD, not the SD seen
 MAX_SEEDS = 10_000  # "seeds needed" beyond this reads as infinite
+_TTEST = TTestPower()
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,7 @@ class Estimate:
         source of noise never narrows it (the Satterthwaite df can outgrow the seeds' k − 1)."""
         if not self.testable(images):
             return math.nan, math.nan
-        half = stats.t.ppf(0.5 + level / 2, self.df(images)) * self.se(images)
-        low, high = self.delta - half, self.delta + half
+        low, high = stats.t.interval(level, self.df(images), loc=self.delta, scale=self.se(images))
         if images and self.testable(False):
             seeds = self.interval(level, images=False)
             low, high = min(low, seeds[0]), max(high, seeds[1])
@@ -147,17 +148,18 @@ def upper_sd(sd: float, n: int, confidence: float = SD_CONFIDENCE) -> float:
     return sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1))
 
 
-def _power(delta: float, se: float, n: int, alpha: float) -> float:
-    """Power of the two-sided t test (n − 1 df) of a mean whose standard error is ``se``: the
-    non-central t's two tails. Written with scipy rather than statsmodels' ``TTestPower.power``
-    (which the tests compare it with): that one returns NaN where the far tail underflows (2 seeds,
-    large effects), which is 0 there."""
+def power(delta: float, se: float, n: int, alpha: float) -> float:
+    """Power of the two-sided t test (n − 1 df) of a mean whose standard error is ``se``: statsmodels'
+    ``TTestPower`` at the effect size ``|Δ| / (se·√n)`` (its non-centrality ``effect·√n`` is then
+    ``|Δ| / se``, so ``se`` may hold the test-sample error too). Where its far tail underflows to
+    NaN (large effects, few seeds) that tail is 0 and the one-sided power at α/2 is the whole."""
     if se == 0:
         return 1.0  # no noise at all: any effect is seen
-    df, nc = n - 1, abs(delta) / se
-    crit = stats.t.ppf(1 - alpha / 2, df)
-    wrong_side = stats.nct.cdf(-crit, df, nc)
-    return float(stats.nct.sf(crit, df, nc) + (0.0 if math.isnan(wrong_side) else wrong_side))
+    effect = abs(delta) / (se * math.sqrt(n))
+    two_sided = _TTEST.power(effect, n, alpha, alternative="two-sided")
+    if math.isnan(two_sided):
+        return float(_TTEST.power(effect, n, alpha / 2, alternative="larger"))
+    return float(two_sided)
 
 
 def detectable(est: Estimate, alpha: float = ALPHA, target: float = POWER) -> float:
@@ -167,7 +169,7 @@ def detectable(est: Estimate, alpha: float = ALPHA, target: float = POWER) -> fl
         return math.nan
     se = _planning_se(est, est.n)
     # the bracket's top: 100 se (n=2, α=0.05 needs 10.6 se)
-    return float(optimize.brentq(lambda d: _power(d, se, est.n, alpha) - target, 1e-9 * se, 100 * se))
+    return float(optimize.brentq(lambda d: power(d, se, est.n, alpha) - target, 1e-9 * se, 100 * se))
 
 
 def _planning_se(est: Estimate, k: int) -> float:
@@ -185,12 +187,12 @@ def seeds_needed(delta: float, est: Estimate, alpha: float = ALPHA, target: floa
     if delta == 0:
         return math.inf
     n = 2
-    while _power(delta, _planning_se(est, n), n, alpha) < target:
+    while power(delta, _planning_se(est, n), n, alpha) < target:
         n = n * 2 if n < 64 else n + 64  # coarse search upwards, then exact below
         if n > MAX_SEEDS:
             return math.inf
     low = max(2, n // 2 if n <= 64 else n - 64)
-    return float(next(k for k in range(low, n + 1) if _power(delta, _planning_se(est, k), k, alpha) >= target))
+    return float(next(k for k in range(low, n + 1) if power(delta, _planning_se(est, k), k, alpha) >= target))
 
 
 def diverged_p(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
@@ -234,9 +236,9 @@ def contrast(results: list[RunResult], weights: dict[str, float], impute: bool =
 
 
 def slope_weights(x: list[float], per: float = 1.0) -> np.ndarray:
-    """The weights that turn values at levels ``x`` into their least-squares slope (per ``per``)."""
-    x = np.asarray(x, dtype=float) - np.mean(x)
-    return per * x / (x * x).sum()
+    """The weights that turn values at levels ``x`` into their least-squares slope (per ``per``): the
+    slopes numpy's ``polyfit`` gives the unit vectors, so ``w · y`` is the slope of any ``y``."""
+    return per * np.polyfit(np.asarray(x, dtype=float), np.eye(len(x)), 1)[0]
 
 
 def log_ratios(values: list[float]) -> np.ndarray:

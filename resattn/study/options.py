@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from resattn.study.preflight import check_folder
-from resattn.study.wandb_runs import WANDB_MODES
+from resattn.study.wandb_runs import WANDB_MODES, WANDB_PROJECT
 
 EXECUTORS = ("local", "ray", "slurm")
 MAX_PACK = 64
@@ -58,7 +58,7 @@ class StudyOptions(BaseModel):
     force: bool = False
     dry_run: bool = False
     wandb: str | None = None  # checked with WANDB_MODE by wandb_runs.decide_mode
-    project: str = "resattn"
+    project: str = WANDB_PROJECT
     entity: str | None = None
     ray_address: str | None = None
     slurm: dict[str, Any] = {}
@@ -101,6 +101,10 @@ class StudyOptions(BaseModel):
         return WorkerOptions(wandb_mode=wandb_mode, project=self.project, entity=self.entity)
 
 
+# Each flag's default, written once (above); the command-line parsers show and use these.
+DEFAULTS = {name: field.default for name, field in StudyOptions.model_fields.items()}
+
+
 class WorkerOptions(BaseModel):
     """What a study worker (``python -m resattn.study.worker``) is started with. The executors pass
     the record whole, as JSON (``--options``), and the worker validates it whole: no flag is spelled
@@ -110,7 +114,7 @@ class WorkerOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     wandb_mode: Literal[WANDB_MODES] = "offline"
-    project: str = "resattn"
+    project: str = WANDB_PROJECT
     entity: str | None = None
     threads: Annotated[int, Field(ge=1)] | None = None
     parent_pid: int | None = None

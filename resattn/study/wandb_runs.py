@@ -18,6 +18,7 @@ from typing import NamedTuple
 from resattn.study.record import RunResult, RunSpec
 from resattn.study.store import RunDir, write_json_atomic
 
+WANDB_PROJECT = "resattn"  # the default W&B project of runs and reports
 WANDB_MODES = ("online", "offline", "disabled")
 
 
