@@ -85,6 +85,18 @@ def error_per_variant(df: pd.DataFrame, subtitle: str, path: Path, groups: list[
                 fontsize=7,
                 color="C3",
             )
+    for i in np.flatnonzero((df["seeds"] == 0).to_numpy()):  # asked for but not trained (e.g. --variants)
+        ax.text(
+            x[i],
+            0.5,
+            "no runs",
+            transform=ax.get_xaxis_transform(),
+            rotation=90,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="0.45",
+        )
     ax.set_title(f"This study ({_interval_label(df['seeds'].max())})", fontsize=10)
     ax.set_ylabel("test error (%)")
     if paper:
